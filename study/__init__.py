@@ -1,0 +1,1 @@
+"""The study service: spec, exactly-once grid scheduling, workers, launcher, export, CLI."""

@@ -1,0 +1,5 @@
+import sys
+
+from study._cli import main
+
+sys.exit(main())

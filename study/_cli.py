@@ -1,0 +1,62 @@
+"""The ``lrstudy`` command: one parser, one sub-command module per job, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from storage import StorageError
+from trainer import InputError
+
+# Each module holds the sub-commands of one job and exposes ``register(subparsers)``.
+# They import heavy libraries (Keras, Optuna) inside their handlers, so ``lrstudy --help`` is fast.
+_COMMAND_MODULES = ("study._cmd_data", "study._cmd_train", "study._cmd_study")
+
+_logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lrstudy",
+        description="Learning-rate studies of Inception V3 on chest X-rays, run with Optuna.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log debug messages.")
+    parser.add_argument(
+        "--debug", action="store_true", help="Show the full traceback of an error."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one sub-command; user errors end in one line on stderr and exit code 2."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return int(args.handler(args) or 0)
+    except (InputError, StorageError) as error:
+        if args.debug:
+            raise
+        print(f"lrstudy: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lrstudy: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
