@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 $(BIN)/lrstudy: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,jax]'
+	$(BIN)/python -m pip install -q -e '.[test,jax,kaggle]'
 	touch $@
 
 install: $(BIN)/lrstudy

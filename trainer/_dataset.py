@@ -1,0 +1,239 @@
+"""The data of a cell: scan, split and cache put together into train, val and test parts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from trainer._cache import open_pool_cache
+from trainer._errors import InputError
+from trainer._scan import PART_NAMES, ImageRecord, scan
+from trainer._split import SPLITS, limit_parts, split_records
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images a cell uses and how they are split.
+
+    Args:
+        root: Dataset folder, in the Kaggle layout ``ROOT/{train,val,test}/{NORMAL,PNEUMONIA}``
+            or flat ``ROOT/{NORMAL,PNEUMONIA}``.
+        split: ``"paper"`` (Table 2 of Kim & Ye; proportional on another pool), ``"kaggle"``
+            (the folders as they are) or ``"ratios"``. Defaults to `"paper"`.
+        split_seed: Seed of the patient assignment and of ``limit_per_class``. Defaults to `0`.
+        ratios: Train, val and test shares for ``split="ratios"``, each > 0, summing to 1.
+            Defaults to `(0.7, 0.15, 0.15)`.
+        limit_per_class: At most this many images per class in each part, for quick runs.
+            Defaults to `None` (all).
+        cache_dir: Folder of the preprocessed image cache. Defaults to `None`, the per-user
+            cache folder.
+        skip_bad: Leave out undecodable images instead of refusing the dataset.
+            Defaults to `False`.
+    """
+
+    root: str
+    split: str = "paper"
+    split_seed: int = 0
+    ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    limit_per_class: int | None = None
+    cache_dir: str | None = None
+    skip_bad: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.root, str) or not self.root:
+            raise InputError(
+                f"root must be the dataset folder as a non-empty string; got {self.root!r}. "
+                "Pass DATA, e.g. ~/chest_xray."
+            )
+        if self.split not in SPLITS:
+            raise InputError(
+                f"split must be one of {', '.join(SPLITS)}; got {self.split!r}. "
+                "Use --split paper to reproduce the paper's Table 2."
+            )
+        if not _is_int(self.split_seed) or self.split_seed < 0:
+            raise InputError(
+                f"split_seed must be a non-negative integer; got {self.split_seed!r}. "
+                "Use e.g. --split-seed 0."
+            )
+        object.__setattr__(self, "ratios", _checked_ratios(self.ratios))
+        if self.limit_per_class is not None and (
+            not _is_int(self.limit_per_class) or self.limit_per_class < 1
+        ):
+            raise InputError(
+                f"limit_per_class must be a positive integer or None; got "
+                f"{self.limit_per_class!r}. Use e.g. --limit-per-class 150, or omit it."
+            )
+        if self.cache_dir is not None and (
+            not isinstance(self.cache_dir, str) or not self.cache_dir
+        ):
+            raise InputError(
+                f"cache_dir must be a folder path or None; got {self.cache_dir!r}. "
+                "Pass --cache-dir DIR or leave it out for the per-user cache."
+            )
+        if not isinstance(self.skip_bad, bool):
+            raise InputError(f"skip_bad must be True or False; got {self.skip_bad!r}.")
+
+
+@dataclass(frozen=True, eq=False)
+class Part:
+    """One of train, val and test: rows of the shared image cache with their labels."""
+
+    name: str
+    images: np.ndarray  # the whole pool's read-only memmap, uint8 (N, s, s, 3)
+    indices: np.ndarray  # int64 rows of ``images`` in this part, ascending (path order)
+    labels: np.ndarray  # uint8, aligned with ``indices``; NORMAL = 0, PNEUMONIA = 1
+    paths: tuple[str, ...]  # relative to the data root, aligned with ``indices``
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """The three parts of a cell's data and what identifies them."""
+
+    train: Part
+    val: Part
+    test: Part
+    image_size: int
+    fingerprint: str  # hash of the cache key, the split options and each part's files
+    cache_path: str
+    cached_images: int = 0  # rows in the cache: every scanned image, all parts together
+    cache_built: bool = False  # whether this call built the cache (False: reused)
+    images_per_second: float = 0.0  # decoding speed of the build, by whoever built it
+
+
+def parse_ratios(text: str) -> tuple[float, float, float]:
+    """``"0.7,0.15,0.15"`` -> (0.7, 0.15, 0.15), checked as DataConfig checks ``ratios``."""
+    try:
+        values = tuple(float(value) for value in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise InputError(
+            f"--ratios must be three comma-separated numbers (train,val,test); got {text!r}. "
+            "Use e.g. --ratios 0.7,0.15,0.15."
+        )
+    return _checked_ratios(values)
+
+
+def load_dataset(config: DataConfig, image_size: int, *, workers: int | None = None) -> Dataset:
+    """Scan, split, build or reuse the image cache, and return the parts.
+
+    Args:
+        config: The data options.
+        image_size: Side of the square images in pixels, at least 8.
+        workers: Processes decoding images when the cache is built. Defaults to `None`, one per
+            core (this process alone for a few hundred images).
+
+    Raises:
+        InputError: a problem the user can fix: a missing folder, an undecodable image (unless
+            ``config.skip_bad``), a split that does not fit the layout.
+    """
+    if not _is_int(image_size) or image_size < 8:
+        raise InputError(
+            f"image_size must be an integer of at least 8 pixels; got {image_size!r}. "
+            "Use e.g. --image-size 224."
+        )
+    scanned = scan(config.root)
+    if config.split == "kaggle":
+        split_records(scanned.records, "kaggle")  # refuse a flat pool before decoding anything
+    cache = open_pool_cache(
+        scanned.root, scanned.records, image_size, config.cache_dir, workers=workers
+    )
+    bad_rows = {row for row, path in enumerate(cache.paths) if path in cache.bad}
+    if bad_rows and not config.skip_bad:
+        raise InputError(undecodable_message(cache.bad))
+    parts = choose_parts(scanned.records, config, bad_rows)
+    built = {
+        name: Part(
+            name=name,
+            images=cache.images,
+            indices=np.asarray(rows, dtype=np.int64),
+            labels=np.asarray([scanned.records[i].label for i in rows], dtype=np.uint8),
+            paths=tuple(scanned.records[i].path for i in rows),
+        )
+        for name, rows in parts.items()
+    }
+    fingerprint = _fingerprint(cache.key, config, built)
+    _logger.info(
+        "dataset %s, split %s (seed %d): %s; fingerprint %s",
+        scanned.root,
+        config.split,
+        config.split_seed,
+        ", ".join(f"{name} {len(part)}" for name, part in built.items()),
+        fingerprint,
+    )
+    return Dataset(
+        train=built["train"],
+        val=built["val"],
+        test=built["test"],
+        image_size=image_size,
+        fingerprint=fingerprint,
+        cache_path=cache.path,
+        cached_images=len(cache.paths),
+        cache_built=cache.built,
+        images_per_second=cache.images_per_second,
+    )
+
+
+def choose_parts(
+    records: tuple[ImageRecord, ...], config: DataConfig, bad_rows: set[int]
+) -> dict[str, list[int]]:
+    """Rows of each part: the split of the decodable images, then the per-class limit."""
+    usable = [i for i in range(len(records)) if i not in bad_rows]
+    kept = [records[i] for i in usable]
+    parts = split_records(kept, config.split, seed=config.split_seed, ratios=config.ratios)
+    if config.limit_per_class is not None:
+        parts = limit_parts(kept, parts, config.limit_per_class, config.split_seed)
+    return {name: [usable[i] for i in parts[name]] for name in PART_NAMES}
+
+
+def undecodable_message(bad: dict[str, str]) -> str:
+    """One line naming the undecodable images (the first few) and the two ways out."""
+    shown = "; ".join(f"{path} ({reason})" for path, reason in sorted(bad.items())[:3])
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    return (
+        f"{len(bad)} image(s) cannot be decoded: {shown}{more}; "
+        "replace or remove them, or pass --skip-bad to leave them out."
+    )
+
+
+def _fingerprint(key: str, config: DataConfig, parts: dict[str, Part]) -> str:
+    described = {
+        "cache_key": key,
+        "split": config.split,
+        "split_seed": config.split_seed,
+        "ratios": list(config.ratios) if config.split == "ratios" else None,
+        "limit_per_class": config.limit_per_class,
+        "parts": {name: list(part.paths) for name, part in parts.items()},
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _checked_ratios(ratios: object) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(value) for value in ratios)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        values = ()
+    if (
+        len(values) != 3
+        or not all(math.isfinite(value) and value > 0 for value in values)
+        or not math.isclose(sum(values), 1.0, abs_tol=1e-6)
+    ):
+        raise InputError(
+            f"ratios must be three positive shares (train, val, test) summing to 1; "
+            f"got {ratios!r}. Use e.g. --ratios 0.7,0.15,0.15."
+        )
+    return values  # type: ignore[return-value]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
