@@ -1,9 +1,141 @@
-"""Placeholder until its owner lands the sub-commands; registers nothing."""
+"""``lrstudy train``: one grid cell from the command line, without a study."""
 
 from __future__ import annotations
 
 import argparse
+import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainer._train import CellResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    del subparsers
+    parser = subparsers.add_parser(
+        "train",
+        help="Train and test one cell (one learning rate, one seed).",
+        description=(
+            "Train one cell with a progress bar per epoch, then test it and print its metrics. "
+            "Writes result.json, predictions.csv, history.csv and the epoch checkpoint into "
+            "--out; --resume continues an interrupted cell from its last checkpoint."
+        ),
+    )
+    parser.add_argument("data", metavar="DATA", help="Dataset folder (Kaggle or flat layout).")
+    parser.add_argument("--lr", type=float, required=True, help="Learning rate, e.g. 0.001.")
+    parser.add_argument("--seed", type=int, required=True, help="Seed of init and batch order.")
+    parser.add_argument("--epochs", type=int, default=60, help="Epochs (default 60).")
+    parser.add_argument("--batch-size", type=int, default=8, help="Training batch (default 8).")
+    parser.add_argument(
+        "--eval-batch-size", type=int, default=64, help="Evaluation batch (default 64)."
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=224, help="Input side in pixels (default 224)."
+    )
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        help="imagenet (default; needs a download), none, or a no-top base weights file.",
+    )
+    parser.add_argument(
+        "--model", default="inception_v3", help="inception_v3 (default) or small_cnn."
+    )
+    parser.add_argument("--optimizer", default="adam", help="adam (default), sgd or rmsprop.")
+    parser.add_argument("--split", default="paper", help="paper (default), kaggle or ratios.")
+    parser.add_argument(
+        "--ratios", default="0.7,0.15,0.15", help="train,val,test shares for --split ratios."
+    )
+    parser.add_argument("--split-seed", type=int, default=0, help="Seed of the split.")
+    parser.add_argument(
+        "--limit-per-class", type=int, default=None, help="At most N images per class and part."
+    )
+    parser.add_argument("--cache-dir", default=None, help="Image cache folder.")
+    parser.add_argument(
+        "--test-weights",
+        default="last",
+        help="Test the last epoch's weights (default) or the best validation epoch's.",
+    )
+    parser.add_argument(
+        "--out", default=None, help="Output folder (default runs/MODEL-lrLR-seedSEED)."
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="Continue from the checkpoint in --out."
+    )
+    parser.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from trainer._train import use_deterministic_xla
+
+    # Read by JAX when it first starts, so it goes in before anything touches a device.
+    use_deterministic_xla()
+
+    from trainer._config import CellConfig
+    from trainer._dataset import DataConfig, parse_ratios
+    from trainer._train import train_cell
+
+    data = DataConfig(
+        root=args.data,
+        split=args.split,
+        split_seed=args.split_seed,
+        ratios=parse_ratios(args.ratios),
+        limit_per_class=args.limit_per_class,
+        cache_dir=args.cache_dir,
+    )
+    config = CellConfig(
+        data=data,
+        learning_rate=args.lr,
+        seed=args.seed,
+        out_dir=args.out or f"runs/{args.model}-lr{args.lr:g}-seed{args.seed}",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size,
+        image_size=args.image_size,
+        optimizer=args.optimizer,
+        weights=args.weights,
+        model=args.model,
+        test_weights=args.test_weights,
+    )
+    result = train_cell(config, resume=args.resume, verbose=True)
+    print(format_result(result))
+    return 0
+
+
+def format_result(result: CellResult) -> str:
+    """The history, validation and test metrics as a plain-text table."""
+    config = result.config
+    lines = [
+        f"cell {config.model} lr={config.learning_rate:g} seed={config.seed}: "
+        f"{result.epochs_run} of {config.epochs} epochs"
+        + (f", diverged in epoch {result.diverged_epoch}" if result.diverged else ""),
+        f"{'epoch':>5}  {'loss':>9}  {'accuracy':>8}  {'val_loss':>9}  {'val_acc':>8}  "
+        f"{'seconds':>8}",
+    ]
+    for row in result.history:
+        lines.append(
+            f"{row['epoch']:>5}  {_number(row['loss']):>9}  {_number(row['accuracy']):>8}  "
+            f"{_number(row['val_loss']):>9}  {_number(row['val_accuracy']):>8}  "
+            f"{row['seconds']:>8.1f}"
+        )
+    final, best, test = result.final, result.best, result.test
+    lines += [
+        f"validation  last (epoch {final['epoch']}): accuracy {_number(final['val_accuracy'])}"
+        f", loss {_number(final['val_loss'])}",
+        f"validation  best (epoch {best['epoch']}): accuracy {_number(best['val_accuracy'])}"
+        f", loss {_number(best['val_loss'])}",
+        f"test, {test['weights']} weights (epoch {test['epoch']}):",
+    ]
+    for name in ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc"):
+        value = test[name]
+        shown = _number(value) if value is not None else f"n/a ({test['undefined'][name]})"
+        lines.append(f"  {name:<12}{shown}")
+    lines.append(
+        f"  {'confusion':<12}TN {test['tn']}  FP {test['fp']}  FN {test['fn']}  TP {test['tp']}"
+    )
+    lines.append(f"files in {config.out_dir}: result.json predictions.csv history.csv checkpoint")
+    return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    if value is None or not math.isfinite(value):
+        return "nan"
+    return f"{value:.4f}"

@@ -2,35 +2,67 @@
 
 from trainer._cache import PREPROCESS_VERSION, default_cache_dir
 from trainer._check import DataReport, PartCounts, check_dataset
+from trainer._checkpoint import Checkpoint, CheckpointWriter, load_checkpoint, save_checkpoint
+from trainer._config import TEST_WEIGHTS, CellConfig
 from trainer._dataset import DataConfig, Dataset, Part, load_dataset, parse_ratios
+from trainer._environment import environment_record
 from trainer._errors import InputError
+from trainer._metrics import BinaryMetrics, binary_metrics, validation_metrics
+from trainer._model import MIN_IMAGE_SIZE, MODELS, OPTIMIZERS, build_base, build_model
 from trainer._patients import CLASS_NAMES, patient_id
 from trainer._scan import PART_NAMES, IgnoredFolder, ImageRecord, ScanResult, scan
 from trainer._split import PAPER_COUNTS, SPLITS, split_records
+from trainer._train import (
+    CellResult,
+    EpochHook,
+    seed_and_determinism,
+    train_cell,
+    use_deterministic_xla,
+)
 
 __all__ = [
     "CLASS_NAMES",
+    "MIN_IMAGE_SIZE",
+    "MODELS",
+    "OPTIMIZERS",
     "PAPER_COUNTS",
     "PART_NAMES",
     "PREPROCESS_VERSION",
     "SPLITS",
+    "TEST_WEIGHTS",
     "BatchFeed",
+    "BinaryMetrics",
+    "CellConfig",
+    "CellResult",
+    "Checkpoint",
+    "CheckpointWriter",
     "DataConfig",
     "DataReport",
     "Dataset",
+    "EpochHook",
     "IgnoredFolder",
     "ImageRecord",
     "InputError",
     "Part",
     "PartCounts",
     "ScanResult",
+    "binary_metrics",
+    "build_base",
+    "build_model",
     "check_dataset",
     "default_cache_dir",
+    "environment_record",
+    "load_checkpoint",
     "load_dataset",
     "parse_ratios",
     "patient_id",
+    "save_checkpoint",
     "scan",
+    "seed_and_determinism",
     "split_records",
+    "train_cell",
+    "use_deterministic_xla",
+    "validation_metrics",
 ]
 
 

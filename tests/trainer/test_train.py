@@ -1,0 +1,251 @@
+"""One cell end to end: small real runs, files, reproducibility, resume, divergence, hooks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+from tests.conftest import write_dataset
+from trainer import (
+    CellConfig,
+    CellResult,
+    DataConfig,
+    InputError,
+    binary_metrics,
+    load_checkpoint,
+    load_dataset,
+    train_cell,
+)
+
+METRICS = (
+    "accuracy",
+    "precision",
+    "recall",
+    "specificity",
+    "f1",
+    "roc_auc",
+    "tn",
+    "fp",
+    "fn",
+    "tp",
+)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> DataConfig:
+    """56 images in the Kaggle layout (train 28, val 14, test 14) with a private cache."""
+    root = tmp_path_factory.mktemp("cells")
+    write_dataset(root / "data")
+    return DataConfig(str(root / "data"), split="kaggle", cache_dir=str(root / "cache"))
+
+
+def _config(data: DataConfig, out: Path, **changes: Any) -> CellConfig:
+    values: dict[str, Any] = {
+        "data": data,
+        "learning_rate": 0.003,
+        "seed": 1,
+        "out_dir": str(out),
+        "epochs": 2,
+        "batch_size": 8,
+        "eval_batch_size": 16,
+        "image_size": 32,
+        "model": "small_cnn",
+        "weights": "none",
+    }
+    return CellConfig(**{**values, **changes})
+
+
+@pytest.fixture(scope="module")
+def straight(data: DataConfig, tmp_path_factory: pytest.TempPathFactory) -> CellResult:
+    """A plain two-epoch run that the other runs are compared with."""
+    return train_cell(_config(data, tmp_path_factory.mktemp("straight")))
+
+
+def _outcome(result: CellResult) -> dict[str, Any]:
+    """Everything a run computes, without wall times and paths."""
+    history = [{k: v for k, v in row.items() if k != "seconds"} for row in result.history]
+    return {
+        "history": history,
+        "final": result.final,
+        "best": result.best,
+        "test": result.test,
+        "diverged": result.diverged,
+        "predictions": Path(result.predictions_path).read_text(),
+    }
+
+
+def test_result_fields_and_files(straight: CellResult, data: DataConfig) -> None:
+    out = Path(straight.config.out_dir)
+    assert straight.epochs_run == 2 and not straight.diverged and straight.diverged_epoch is None
+    assert [row["epoch"] for row in straight.history] == [1, 2]
+    for row in straight.history:
+        assert set(row) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
+        assert all(math.isfinite(row[k]) for k in row) and row["seconds"] > 0
+    last = straight.history[-1]
+    assert straight.final == {k: last[k] for k in ("epoch", "val_loss", "val_accuracy")}
+    best = max(straight.history, key=lambda r: (r["val_accuracy"], -r["val_loss"], -r["epoch"]))
+    assert straight.best == {k: best[k] for k in ("epoch", "val_loss", "val_accuracy")}
+    assert straight.test["weights"] == "last" and straight.test["epoch"] == 2
+    assert set(METRICS) <= set(straight.test)
+    assert (
+        straight.test["tn"] + straight.test["fp"] + straight.test["fn"] + straight.test["tp"] == 14
+    )
+
+    assert json.loads((out / "result.json").read_text()) == straight.to_dict()
+    with open(out / "history.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [float(r["val_loss"]) for r in rows] == [r["val_loss"] for r in straight.history]
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert straight.checkpoint_path == str(out / "checkpoint.npz")
+    checkpoint = load_checkpoint(straight.checkpoint_path)
+    assert checkpoint is not None and len(checkpoint.state["history"]) == 2
+
+    environment = straight.environment
+    assert environment["backend"] == keras.backend.backend()
+    assert environment["seed"] == 1 and environment["deterministic"] is True
+    assert environment["packages"]["keras"] == keras.__version__
+    assert environment["dataset_fingerprint"] == load_dataset(data, 32).fingerprint
+    assert environment["device"]
+
+
+def test_test_metrics_recomputed_from_predictions_csv_are_the_reported_ones(
+    straight: CellResult, data: DataConfig
+) -> None:
+    with open(straight.predictions_path) as file:
+        rows = list(csv.DictReader(file))
+    test_part = load_dataset(data, 32).test
+    assert [r["path"] for r in rows] == list(test_part.paths)
+    labels = np.array([int(r["label"]) for r in rows])
+    assert labels.tolist() == test_part.labels.tolist()
+    recomputed = binary_metrics(labels, np.array([float(r["probability"]) for r in rows]))
+    assert {k: straight.test[k] for k in METRICS} == {k: recomputed.to_dict()[k] for k in METRICS}
+
+
+def test_the_same_config_twice_gives_the_same_result(
+    straight: CellResult, data: DataConfig, tmp_path: Path
+) -> None:
+    again = train_cell(_config(data, tmp_path))
+    assert _outcome(again) == _outcome(straight)
+
+
+def test_evaluation_batch_size_does_not_change_the_results(
+    straight: CellResult, data: DataConfig, tmp_path: Path
+) -> None:
+    other = train_cell(_config(data, tmp_path, eval_batch_size=5))
+    assert other.history[-1]["loss"] == straight.history[-1]["loss"]  # same training
+    for ours, theirs in zip(other.history, straight.history, strict=True):
+        assert ours["val_accuracy"] == theirs["val_accuracy"]
+        # XLA (JAX) compiles each batch shape on its own, which may move the last float32 bit.
+        assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-6)
+    assert {k: other.test[k] for k in ("accuracy", "tn", "fp", "fn", "tp")} == {
+        k: straight.test[k] for k in ("accuracy", "tn", "fp", "fn", "tp")
+    }
+
+
+class _Crash(Exception):
+    """Stands for the process dying right after an epoch's checkpoint."""
+
+
+def test_a_run_crashed_after_epoch_one_and_resumed_equals_a_straight_run(
+    straight: CellResult, data: DataConfig, tmp_path: Path
+) -> None:
+    def crash(epoch: int, logs: dict[str, Any]) -> bool:
+        raise _Crash
+
+    with pytest.raises(_Crash):
+        train_cell(_config(data, tmp_path), crash)
+    assert not (tmp_path / "result.json").exists()
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert checkpoint is not None and len(checkpoint.state["history"]) == 1
+    resumed = train_cell(_config(data, tmp_path), resume=True)
+    assert _outcome(resumed) == _outcome(straight)
+
+
+def test_a_finished_cell_extended_by_resume_equals_a_longer_straight_run(
+    straight: CellResult, data: DataConfig, tmp_path: Path
+) -> None:
+    train_cell(_config(data, tmp_path, epochs=1))
+    extended = train_cell(_config(data, tmp_path, epochs=2), resume=True)
+    assert _outcome(extended) == _outcome(straight)
+
+
+def test_a_damaged_checkpoint_is_ignored_and_the_cell_starts_afresh(
+    straight: CellResult, data: DataConfig, tmp_path: Path
+) -> None:
+    train_cell(_config(data, tmp_path, epochs=1))
+    path = tmp_path / "checkpoint.npz"
+    path.write_bytes(path.read_bytes()[:1000])
+    again = train_cell(_config(data, tmp_path), resume=True)
+    assert _outcome(again) == _outcome(straight)
+
+
+def test_an_existing_checkpoint_needs_resume_and_the_same_cell(
+    straight: CellResult, data: DataConfig
+) -> None:
+    out = Path(straight.config.out_dir)
+    with pytest.raises(InputError, match="--resume"):
+        train_cell(_config(data, out))
+    with pytest.raises(InputError, match="learning_rate") as error:
+        train_cell(_config(data, out, learning_rate=0.1), resume=True)
+    assert "\n" not in str(error.value)
+
+
+def test_the_hook_sees_every_epoch_and_can_stop_the_cell(data: DataConfig, tmp_path: Path) -> None:
+    calls: list[tuple[int, dict[str, Any]]] = []
+
+    def hook(epoch: int, logs: dict[str, Any]) -> bool:
+        calls.append((epoch, logs))
+        return epoch == 2
+
+    result = train_cell(_config(data, tmp_path, epochs=4), hook)
+    assert [epoch for epoch, _ in calls] == [1, 2]
+    assert calls[0][1] == {**result.history[0], "diverged": False}
+    assert result.epochs_run == 2 and result.final["epoch"] == 2
+    assert result.test["epoch"] == 2
+
+
+def test_a_nan_loss_is_a_result_not_a_crash(data: DataConfig, tmp_path: Path) -> None:
+    result = train_cell(_config(data, tmp_path, learning_rate=1e10, epochs=3))
+    assert result.diverged and result.diverged_epoch == 1 and result.epochs_run == 1
+    assert result.history[0]["loss"] is None or not math.isfinite(result.history[0]["loss"])
+    assert result.test["roc_auc"] is None and "NaN" in result.test["undefined"]["roc_auc"]
+    saved = json.loads((tmp_path / "result.json").read_text())  # strict JSON: no NaN
+    assert saved["diverged"] is True and saved["history"][0]["loss"] is None
+    assert saved["test"]["roc_auc"] is None
+    # Resuming a diverged cell trains no further.
+    again = train_cell(_config(data, tmp_path, learning_rate=1e10, epochs=3), resume=True)
+    assert again.epochs_run == 1 and again.diverged_epoch == 1
+
+
+def test_best_weights_are_tested_when_asked(data: DataConfig, tmp_path: Path) -> None:
+    result = train_cell(_config(data, tmp_path, epochs=3, test_weights="best"))
+    assert result.test["weights"] == "best"
+    assert result.test["epoch"] == result.best["epoch"]
+    best = load_checkpoint(tmp_path / "best.npz")
+    assert best is not None and best.optimizer_variables == ()
+
+
+@pytest.mark.slow
+def test_inception_v3_cell_at_75_px(make_dataset, cache_dir: str, tmp_path: Path) -> None:
+    root = make_dataset(parts={"train": (6, 6), "val": (3, 3), "test": (3, 3)}).root
+    config = CellConfig(
+        data=DataConfig(str(root), split="kaggle", cache_dir=cache_dir),
+        learning_rate=1e-3,
+        seed=0,
+        out_dir=str(tmp_path / "out"),
+        epochs=1,
+        image_size=75,
+        weights="none",
+    )
+    result = train_cell(config)
+    assert result.config.model == "inception_v3" and result.epochs_run == 1
+    assert math.isfinite(result.history[0]["loss"]) and not result.diverged
+    assert result.test["tn"] + result.test["fp"] + result.test["fn"] + result.test["tp"] == 6
+    assert (tmp_path / "out" / "predictions.csv").read_text().count("\n") == 7

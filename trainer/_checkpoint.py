@@ -1,0 +1,225 @@
+"""Per-epoch checkpoints that a crash cannot corrupt: written whole or not at all, and verified.
+
+A checkpoint is one ``.npz`` file (readable with plain ``numpy.load``) holding the model's
+variables (weights and batch-norm statistics), the optimizer's variables (step count, moments),
+the Python and NumPy RNG states, and a JSON ``state`` entry with whatever the trainer needs to
+continue (config, epoch, history, ...). A SHA-256 over every entry is stored alongside: a file
+cut short or altered on disk fails to load and is reported and ignored, never half-used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import zipfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import keras
+
+_logger = logging.getLogger(__name__)
+
+_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What one checkpoint file holds."""
+
+    state: dict[str, Any]
+    model_variables: tuple[np.ndarray, ...]
+    optimizer_variables: tuple[np.ndarray, ...]
+    python_rng: tuple[Any, ...] | None
+    numpy_rng: tuple[Any, ...] | None
+
+    def restore(self, model: keras.Model) -> None:
+        """Put the saved variables into ``model`` (built and compiled like the saved one).
+
+        The optimizer is built first if needed, so its slots exist before they are assigned.
+        RNG states are restored too when the checkpoint has them.
+        """
+        _assign(model.variables, self.model_variables, "model")
+        if self.optimizer_variables:
+            if not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            _assign(model.optimizer.variables, self.optimizer_variables, "optimizer")
+        if self.python_rng is not None:
+            random.setstate(self.python_rng)
+        if self.numpy_rng is not None:
+            np.random.set_state(self.numpy_rng)
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: keras.Model,
+    state: dict[str, Any],
+    *,
+    include_optimizer: bool = True,
+) -> None:
+    """Write ``model``'s variables (and optimizer's) with ``state`` atomically to ``path``.
+
+    The file appears under its name only once complete and synced (temp file + rename), so a
+    reader sees the previous checkpoint or the new one, never a mix.
+    """
+    _write(Path(path), _snapshot(model, state, include_optimizer))
+
+
+class CheckpointWriter:
+    """Saves like ``save_checkpoint`` but writes in a background thread, in order.
+
+    Copying the variables is quick and happens in the caller; hashing and writing an Inception
+    V3 checkpoint (260 MB with Adam's moments) takes about a second, which then overlaps the
+    next epoch instead of adding to it. At most two writes wait at a time. A failed write
+    raises from the next ``save`` or from ``wait``; leaving the ``with`` block waits for all.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending: list[Future[None]] = []
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        model: keras.Model,
+        state: dict[str, Any],
+        *,
+        include_optimizer: bool = True,
+    ) -> None:
+        entries = _snapshot(model, state, include_optimizer)
+        while len(self._pending) > 1:
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(_write, Path(path), entries))
+
+    def wait(self) -> None:
+        """Block until every checkpoint saved so far is on disk."""
+        while self._pending:
+            self._pending.pop(0).result()
+
+    def __enter__(self) -> CheckpointWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown()
+
+
+def _snapshot(
+    model: keras.Model, state: dict[str, Any], include_optimizer: bool
+) -> dict[str, np.ndarray]:
+    """Copies of everything a checkpoint holds, taken now; training may go on afterwards."""
+    entries: dict[str, np.ndarray] = {}
+    for i, variable in enumerate(model.variables):
+        entries[f"model/{i:05d}"] = _owned_copy(variable)
+    if include_optimizer and model.optimizer is not None and model.optimizer.built:
+        for i, variable in enumerate(model.optimizer.variables):
+            entries[f"optimizer/{i:05d}"] = _owned_copy(variable)
+    python_rng = random.getstate()
+    numpy_rng = np.random.get_state()
+    meta = {
+        "format": _FORMAT,
+        "state": state,
+        "python_rng": [python_rng[0], list(python_rng[1]), python_rng[2]],
+        "numpy_rng": [numpy_rng[0], *(v for v in numpy_rng[2:])],
+    }
+    entries["rng/numpy_keys"] = np.asarray(numpy_rng[1], dtype=np.uint32)
+    entries["meta"] = np.frombuffer(json.dumps(meta, allow_nan=True).encode(), dtype=np.uint8)
+    return entries
+
+
+def _owned_copy(variable: keras.Variable) -> np.ndarray:
+    """The variable's value in memory of its own: JAX donates (reuses) the buffers of the state
+    to the next training step, and the background writer reads the copy during that step."""
+    value = variable.value  # a tf.Variable has .numpy(); a jax.Array converts directly
+    return np.array(value.numpy() if hasattr(value, "numpy") else np.asarray(value), copy=True)
+
+
+def _write(target: Path, entries: dict[str, np.ndarray]) -> None:
+    entries = {**entries, "checksum": np.frombuffer(_digest(entries).encode(), dtype=np.uint8)}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            np.savez(file, **entries)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    _sync_directory(target.parent)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:
+    """The checkpoint at ``path``, or None when there is none or it is damaged (logged)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            entries = {name: archive[name] for name in archive.files}
+        stored = entries.pop("checksum").tobytes().decode()
+        if stored != _digest(entries):
+            raise ValueError("checksum mismatch")
+        meta = json.loads(entries.pop("meta").tobytes().decode())
+        if meta["format"] != _FORMAT:
+            raise ValueError(f"format {meta['format']} is not {_FORMAT}")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        _logger.warning("ignoring damaged checkpoint %s: %s", path, error)
+        return None
+    version, internal, gauss = meta["python_rng"]
+    numpy_name, position, has_gauss, cached = meta["numpy_rng"]
+    return Checkpoint(
+        state=meta["state"],
+        model_variables=_series(entries, "model/"),
+        optimizer_variables=_series(entries, "optimizer/"),
+        python_rng=(version, tuple(internal), gauss),
+        numpy_rng=(numpy_name, entries["rng/numpy_keys"], position, has_gauss, cached),
+    )
+
+
+def _series(entries: dict[str, np.ndarray], prefix: str) -> tuple[np.ndarray, ...]:
+    return tuple(entries[name] for name in sorted(entries) if name.startswith(prefix))
+
+
+def _digest(entries: dict[str, np.ndarray]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of every entry, in name order."""
+    sha = hashlib.sha256()
+    for name in sorted(entries):
+        array = np.ascontiguousarray(entries[name])
+        sha.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        sha.update(array.tobytes())
+    return sha.hexdigest()
+
+
+def _assign(variables: list[Any], values: tuple[np.ndarray, ...], what: str) -> None:
+    if len(variables) != len(values):
+        raise ValueError(
+            f"checkpoint holds {len(values)} {what} variables but the model has {len(variables)}"
+        )
+    for variable, value in zip(variables, values, strict=True):
+        if tuple(variable.shape) != value.shape:
+            raise ValueError(
+                f"checkpoint {what} variable {variable.path} has shape {value.shape}, "
+                f"expected {tuple(variable.shape)}"
+            )
+        variable.assign(value)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,167 @@
+"""The cell's network: a feature base (Inception V3 or a small CNN) under one sigmoid head."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import TYPE_CHECKING
+
+from trainer._errors import InputError
+
+if TYPE_CHECKING:
+    import keras
+
+_logger = logging.getLogger(__name__)
+
+MODELS = ("inception_v3", "small_cnn")
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+# Inception V3's smallest input: its stem and reduction blocks shrink 75 px to a 1x1 map.
+MIN_IMAGE_SIZE = {"inception_v3": 75, "small_cnn": 32}
+
+# The file and host that `keras.applications.InceptionV3(weights="imagenet")` downloads from.
+_IMAGENET_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+_IMAGENET_HOST = "storage.googleapis.com"
+_REACH_TIMEOUT_S = 5.0
+
+
+def build_model(
+    model: str, image_size: int, weights: str, *, optimizer: str, learning_rate: float
+) -> keras.Model:
+    """Build and compile the network of one cell.
+
+    The input is uint8 images of shape ``(image_size, image_size, 3)``; Inception's own scaling,
+    ``x / 127.5 - 1``, is the first layer, so feeds stay uint8 and no preprocessing runs outside
+    the graph. The base is global-average pooled and topped by ``Dense(1, sigmoid)``, giving the
+    probability of PNEUMONIA. Compiled with binary cross-entropy and the accuracy metric.
+
+    Args:
+        model: ``"inception_v3"`` (``keras.applications.InceptionV3`` without its top) or
+            ``"small_cnn"`` (three conv blocks, for quick runs and tests).
+        image_size: Side of the square input in pixels.
+        weights: ``"imagenet"`` (Inception V3 only; downloaded by Keras or found in its
+            cache), ``"none"`` for random initialisation, or the path of a weights file of the
+            *base without top*: the ``_notop.h5`` file Keras downloads, or a ``.weights.h5``
+            saved with ``base.save_weights`` from the same base (see ``build_base``).
+        optimizer: ``"adam"``, ``"sgd"`` or ``"rmsprop"``.
+        learning_rate: The optimizer's learning rate.
+    """
+    import keras
+
+    if weights == "imagenet":
+        check_imagenet_reachable()
+    base = build_base(model, image_size, weights)
+    inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name="image")
+    x = keras.layers.Rescaling(scale=1.0 / 127.5, offset=-1.0, name="inception_scaling")(inputs)
+    x = base(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="pneumonia")(x)
+    network = keras.Model(inputs, outputs, name=f"{model}_cell")
+    network.compile(
+        optimizer=_optimizer(optimizer, learning_rate),
+        loss="binary_crossentropy",
+        metrics=["accuracy"],
+    )
+    return network
+
+
+def build_base(model: str, image_size: int, weights: str = "none") -> keras.Model:
+    """The feature extractor alone: float input in [-1, 1], pooled features out.
+
+    Its weights are what a local weights file holds, so ``build_base(...).save_weights(p)``
+    writes a file that ``build_model(..., weights=p)`` loads.
+    """
+    import keras
+
+    shape = (image_size, image_size, 3)
+    if model == "inception_v3":
+        base = keras.applications.InceptionV3(
+            include_top=False,
+            weights="imagenet" if weights == "imagenet" else None,
+            input_shape=shape,
+            pooling="avg",
+        )
+    elif model == "small_cnn":
+        base = keras.Sequential(
+            [
+                keras.Input(shape=shape),
+                keras.layers.Conv2D(16, 3, activation="relu"),
+                keras.layers.MaxPooling2D(2),
+                keras.layers.Conv2D(32, 3, activation="relu"),
+                keras.layers.MaxPooling2D(2),
+                keras.layers.Conv2D(64, 3, activation="relu"),
+                keras.layers.GlobalAveragePooling2D(),
+            ],
+            name="small_cnn",
+        )
+    else:
+        raise InputError(f"--model: must be one of {', '.join(MODELS)}; got {model!r}")
+    if weights not in ("imagenet", "none"):
+        _load_base_weights(base, weights)
+    return base
+
+
+def check_imagenet_reachable() -> None:
+    """Fail at once, not after a download timeout, when ImageNet weights are unreachable.
+
+    The weights are usable when Keras's cache already holds the file or the download host
+    accepts a connection; the check runs in a thread so a hanging DNS lookup cannot stall us.
+    """
+    if imagenet_weights_cached():
+        return
+    reachable = threading.Event()
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((_IMAGENET_HOST, 443), timeout=_REACH_TIMEOUT_S):
+                reachable.set()
+        except OSError:
+            pass  # unreachable: the caller's wait below times out or sees the flag unset
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(_REACH_TIMEOUT_S)
+    if not reachable.is_set():
+        raise InputError(
+            f"--weights imagenet: cannot download {_IMAGENET_FILE} from {_IMAGENET_HOST} "
+            "(offline?); use --weights none, or copy that file here and pass its path with "
+            "--weights PATH"
+        )
+
+
+def imagenet_weights_cached() -> bool:
+    """Whether Keras's download cache (``$KERAS_HOME`` or ``~/.keras``, else /tmp) has the file."""
+    homes = [os.environ.get("KERAS_HOME"), os.path.expanduser("~/.keras"), "/tmp/.keras"]
+    return any(
+        home and os.path.isfile(os.path.join(home, "models", _IMAGENET_FILE)) for home in homes
+    )
+
+
+def _load_base_weights(base: keras.Model, path: str) -> None:
+    try:
+        base.load_weights(path)
+    except (OSError, ValueError) as error:
+        raise InputError(
+            f"--weights: cannot load {path!r} into {base.name} ({_first_line(error)}); give "
+            "the weights file of the same base (no top) at the same image size, or use "
+            "--weights none"
+        ) from error
+
+
+def _first_line(error: Exception) -> str:
+    """Keras's load errors span many lines; our messages are one."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:200]
+
+
+def _optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    import keras
+
+    classes = {
+        "adam": keras.optimizers.Adam,
+        "sgd": keras.optimizers.SGD,
+        "rmsprop": keras.optimizers.RMSprop,
+    }
+    if name not in classes:
+        raise InputError(f"--optimizer: must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
+    return classes[name](learning_rate=learning_rate)

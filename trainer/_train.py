@@ -1,0 +1,389 @@
+"""Train, validate, checkpoint and test one grid cell: the unit of work of a study."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from trainer._checkpoint import Checkpoint, CheckpointWriter, load_checkpoint
+from trainer._config import CellConfig
+from trainer._errors import InputError
+from trainer._metrics import binary_metrics, validation_metrics
+
+if TYPE_CHECKING:
+    import keras
+
+    from trainer._dataset import Part
+    from trainer._feed import BatchFeed
+
+_logger = logging.getLogger(__name__)
+
+EpochHook = Callable[[int, dict[str, Any]], bool]
+"""Called after each epoch's checkpoint as ``hook(epoch, logs)``; returning True stops training."""
+
+CHECKPOINT_FILE = "checkpoint.npz"
+BEST_WEIGHTS_FILE = "best.npz"
+RESULT_FILE = "result.json"
+PREDICTIONS_FILE = "predictions.csv"
+HISTORY_FILE = "history.csv"
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+_XLA_DETERMINISM_FLAG = "--xla_gpu_deterministic_ops=true"
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """What one cell produced. Epochs are numbered from 1.
+
+    ``history`` holds one dict per epoch with the keys of ``HISTORY_COLUMNS``; ``final`` and
+    ``best`` hold ``epoch``, ``val_loss`` and ``val_accuracy`` of the last epoch and of the best
+    one (highest ``val_accuracy``, then lowest ``val_loss``, then earliest). ``test`` holds the
+    test metrics of ``BinaryMetrics`` plus ``weights`` and ``epoch`` of the weights tested.
+    ``seconds`` is the wall time of this call (a resumed cell counts only its own part).
+    """
+
+    config: CellConfig
+    history: tuple[dict[str, Any], ...]
+    final: dict[str, Any]
+    best: dict[str, Any]
+    test: dict[str, Any]
+    epochs_run: int
+    diverged: bool
+    diverged_epoch: int | None
+    predictions_path: str
+    checkpoint_path: str
+    environment: dict[str, Any]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict; NaN and infinite numbers (undefined values) become None."""
+        return _json_safe(
+            {
+                "config": self.config.to_dict(),
+                "history": list(self.history),
+                "final": self.final,
+                "best": self.best,
+                "test": self.test,
+                "epochs_run": self.epochs_run,
+                "diverged": self.diverged,
+                "diverged_epoch": self.diverged_epoch,
+                "predictions_path": self.predictions_path,
+                "checkpoint_path": self.checkpoint_path,
+                "environment": self.environment,
+                "seconds": self.seconds,
+            }
+        )
+
+
+def use_deterministic_xla() -> None:
+    """Ask XLA for deterministic GPU kernels; JAX reads this only when it first starts.
+
+    Call it before ``import keras`` under the JAX backend (the CLI does); ``train_cell`` calls it
+    too, which is enough when JAX has not touched a device yet. On CPU JAX is deterministic.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if _XLA_DETERMINISM_FLAG not in flags.split():
+        os.environ["XLA_FLAGS"] = f"{flags} {_XLA_DETERMINISM_FLAG}".strip()
+
+
+def train_cell(
+    config: CellConfig,
+    hook: EpochHook | None = None,
+    *,
+    resume: bool = False,
+    verbose: bool = False,
+) -> CellResult:
+    """Train one cell, validating and checkpointing after every epoch, then test it.
+
+    Each epoch is one ``model.fit`` over a feed whose batch order is a pure function of
+    (seed, epoch), followed by a prediction of the validation part at ``eval_batch_size``;
+    the validation metrics are computed here so they do not depend on batching. Then the
+    checkpoint is written, then ``hook(epoch, logs)`` runs and may stop training. A loss that
+    turns NaN or infinite ends training as a result (``diverged``), checked at the end of each
+    epoch. The tested weights (``test_weights``) predict the test part; ``predictions.csv``,
+    ``history.csv`` and ``result.json`` go into ``config.out_dir``.
+
+    Args:
+        config: The cell.
+        hook: Called after each epoch with its number and logs (the history row plus
+            ``diverged``); returning True stops training. Defaults to `None`.
+        resume: Continue from the checkpoint in ``out_dir`` if one is there (it must come from
+            the same cell; ``epochs`` may grow); without it an existing checkpoint is an error.
+            Defaults to `False`.
+        verbose: Show a progress bar per epoch on stdout. Defaults to `False`.
+
+    Raises:
+        InputError: A bad dataset, a weights file that does not fit, unreachable ImageNet
+            weights, or a checkpoint in ``out_dir`` that cannot be resumed.
+    """
+    from trainer._dataset import load_dataset
+    from trainer._environment import environment_record
+    from trainer._model import build_model, check_imagenet_reachable
+
+    started = time.perf_counter()
+    if config.weights == "imagenet":
+        check_imagenet_reachable()  # before the dataset, whose first cache build takes minutes
+    out = Path(config.out_dir)
+    dataset = load_dataset(config.data, config.image_size)
+    checkpoint_path = out / CHECKPOINT_FILE
+    previous = _resumable(checkpoint_path, config, dataset.fingerprint, resume)
+    # Keras (seconds to import) loads only now, so the checks above answer at once.
+    from trainer._feed import BatchFeed
+
+    seed_and_determinism(config.seed, config.deterministic)
+    model = build_model(
+        config.model,
+        config.image_size,
+        config.weights,
+        optimizer=config.optimizer,
+        learning_rate=config.learning_rate,
+    )
+    state: dict[str, Any] = {
+        "resume_key": config.resume_key(),
+        "fingerprint": dataset.fingerprint,
+        "history": [],
+        "best": None,
+        "diverged": False,
+        "diverged_epoch": None,
+    }
+    if previous is not None:
+        previous.restore(model)
+        state.update(previous.state)
+        _logger.info("cell %s: resuming after epoch %d", _cell_name(config), _done(state))
+
+    train_feed = BatchFeed(dataset.train, config.batch_size, shuffle=True, seed=config.seed)
+    with CheckpointWriter() as writer:  # writes overlap the next epoch; waits at the end
+        _run_epochs(model, train_feed, dataset.val, config, state, writer, hook, verbose)
+
+    test = _test(model, dataset.test, config, state)
+    predictions_path = out / PREDICTIONS_FILE
+    _write_predictions(predictions_path, dataset.test, test.pop("probabilities"))
+    _write_history(out / HISTORY_FILE, state["history"])
+    result = CellResult(
+        config=config,
+        history=tuple(state["history"]),
+        final={k: state["history"][-1][k] for k in ("epoch", "val_loss", "val_accuracy")},
+        best=state["best"],
+        test=test,
+        epochs_run=_done(state),
+        diverged=state["diverged"],
+        diverged_epoch=state["diverged_epoch"],
+        predictions_path=str(predictions_path),
+        checkpoint_path=str(checkpoint_path),
+        environment=environment_record(
+            seed=config.seed, fingerprint=dataset.fingerprint, deterministic=config.deterministic
+        ),
+        seconds=time.perf_counter() - started,
+    )
+    _write_atomic(out / RESULT_FILE, json.dumps(result.to_dict(), indent=2, allow_nan=False))
+    return result
+
+
+def _run_epochs(
+    model: keras.Model,
+    train_feed: BatchFeed,
+    val: Part,
+    config: CellConfig,
+    state: dict[str, Any],
+    writer: CheckpointWriter,
+    hook: EpochHook | None,
+    verbose: bool,
+) -> None:
+    """Train from the epoch after ``state``'s last to ``config.epochs``, updating ``state``."""
+    out = Path(config.out_dir)
+    callbacks = [_progress_bar(config.epochs)] if verbose else []
+    for epoch in range(_done(state) + 1, config.epochs + 1):
+        if state["diverged"]:
+            return
+        epoch_started = time.perf_counter()
+        train_feed.set_epoch(epoch - 1)
+        logs = model.fit(
+            train_feed,
+            epochs=epoch,
+            initial_epoch=epoch - 1,
+            shuffle=False,  # Keras would reorder batches with Python's RNG; the feed decides
+            verbose=0,
+            callbacks=callbacks,
+        ).history
+        loss, accuracy = float(logs["loss"][-1]), float(logs["accuracy"][-1])
+        row = {"epoch": epoch, "loss": loss, "accuracy": accuracy}
+        row.update(validation_metrics(val.labels, _predict(model, val, config)))
+        if not math.isfinite(loss):
+            state["diverged"], state["diverged_epoch"] = True, epoch
+        if _better(row, state["best"]):
+            state["best"] = {k: row[k] for k in ("epoch", "val_loss", "val_accuracy")}
+            if config.test_weights == "best":
+                writer.save(out / BEST_WEIGHTS_FILE, model, {}, include_optimizer=False)
+        row["seconds"] = time.perf_counter() - epoch_started
+        state["history"].append(row)
+        writer.save(out / CHECKPOINT_FILE, model, state)
+        _logger.info(
+            "cell %s epoch %d/%d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f%s",
+            _cell_name(config), epoch, config.epochs, loss, accuracy, row["val_loss"],
+            row["val_accuracy"], " (diverged)" if state["diverged"] else "",
+        )  # fmt: skip
+        if hook is not None and hook(epoch, {**row, "diverged": state["diverged"]}):
+            _logger.info("cell %s: stopped by the hook after epoch %d", _cell_name(config), epoch)
+            return
+
+
+def _resumable(
+    path: Path, config: CellConfig, fingerprint: str, resume: bool
+) -> Checkpoint | None:
+    """The checkpoint to continue from, None to start afresh, or an InputError saying why not."""
+    previous = load_checkpoint(path)
+    if previous is None:
+        return None
+    done = _done(previous.state)
+    if not resume:
+        raise InputError(
+            f"out_dir (--out) {path.parent} already holds a checkpoint after epoch {done}; "
+            "pass --resume to continue it, or choose another --out"
+        )
+    saved = previous.state.get("resume_key", {})
+    wanted = config.resume_key()
+    differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    if previous.state.get("fingerprint") != fingerprint:
+        differ.append("dataset fingerprint")
+    if differ:
+        raise InputError(
+            f"--resume: the checkpoint in {path.parent} is of another cell (differs in "
+            f"{', '.join(differ)}); use the same settings or another --out"
+        )
+    return previous
+
+
+def seed_and_determinism(seed: int, deterministic: bool) -> None:
+    """Start a fresh Keras session seeded with ``seed``, with deterministic kernels if asked.
+
+    TensorFlow's op determinism, once on, stays on in the process. Under JAX this sets the XLA
+    flag of ``use_deterministic_xla``, effective only if JAX has not started yet.
+    """
+    import keras
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    if not deterministic:
+        return
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif keras.backend.backend() == "jax":
+        use_deterministic_xla()
+
+
+def _predict(model: keras.Model, part: Part, config: CellConfig) -> np.ndarray:
+    from trainer._feed import BatchFeed
+
+    if len(part) == 0:
+        return np.zeros(0, dtype=np.float32)
+    feed = BatchFeed(part, config.eval_batch_size, shuffle=False)
+    return np.asarray(model.predict(feed, verbose=0), dtype=np.float32).reshape(-1)
+
+
+def _test(
+    model: keras.Model, part: Part, config: CellConfig, state: dict[str, Any]
+) -> dict[str, Any]:
+    """Test metrics of the configured weights; the probabilities ride along for the CSV."""
+    epoch = state["history"][-1]["epoch"]
+    if config.test_weights == "best":
+        best = load_checkpoint(Path(config.out_dir) / BEST_WEIGHTS_FILE)
+        if best is None:
+            raise InputError(
+                f"test_weights best: {config.out_dir}/{BEST_WEIGHTS_FILE} is missing or damaged; "
+                "rerun the cell without --resume or use --test-weights last"
+            )
+        best.restore(model)
+        epoch = state["best"]["epoch"]
+    probabilities = _predict(model, part, config)
+    metrics = binary_metrics(part.labels, probabilities).to_dict()
+    return {
+        "weights": config.test_weights,
+        "epoch": epoch,
+        **metrics,
+        "probabilities": probabilities,
+    }
+
+
+def _better(row: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    """Higher val_accuracy wins, then lower val_loss (NaN loses); a tie keeps the earlier epoch."""
+
+    def key(values: dict[str, Any]) -> tuple[float, float]:
+        loss = values["val_loss"]
+        return (values["val_accuracy"], -loss if math.isfinite(loss) else -math.inf)
+
+    return best is None or key(row) > key(best)
+
+
+def _done(state: dict[str, Any]) -> int:
+    return state["history"][-1]["epoch"] if state["history"] else 0
+
+
+def _cell_name(config: CellConfig) -> str:
+    return f"{config.model} lr={config.learning_rate:g} seed={config.seed}"
+
+
+def _write_predictions(path: Path, part: Part, probabilities: np.ndarray) -> None:
+    """``path,label,probability`` per test image; repr keeps every float32 digit."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path", "label", "probability"])
+    for name, label, p in zip(part.paths, part.labels, probabilities, strict=True):
+        writer.writerow([name, int(label), repr(float(p))])
+    _write_atomic(path, text.getvalue())
+
+
+def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow(
+            {k: repr(row[k]) if isinstance(row[k], float) else row[k] for k in HISTORY_COLUMNS}
+        )
+    _write_atomic(path, text.getvalue())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _progress_bar(epochs: int) -> keras.callbacks.Callback:
+    """Keras's progress bar, numbered against the cell's epochs rather than one fit call's."""
+    import keras
+
+    class EpochProgress(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            print(f"Epoch {epoch + 1}/{epochs}", flush=True)
+            self.bar = keras.utils.Progbar(self.params["steps"], unit_name="step")
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            self.bar.update(batch + 1, values=list((logs or {}).items()))
+
+    return EpochProgress()
