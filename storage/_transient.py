@@ -1,0 +1,64 @@
+"""Riding out a database that goes away for a while (a PostgreSQL restart, a network blip).
+
+Optuna turns every SQLAlchemy error inside a session into ``StorageInternalError``; only those
+caused by a lost or refused connection are worth waiting for. The engine's ``pool_pre_ping``
+then replaces the broken connections once the server is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import optuna
+import sqlalchemy
+
+from storage._errors import StorageError
+
+_logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_OUTAGE_S = 300.0
+_CONNECTION_ERRORS = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.DisconnectionError,
+)
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """True when ``error`` means the database could not be reached, not that a query was bad."""
+    if isinstance(error, optuna.exceptions.StorageInternalError):
+        error = error.__cause__ or error
+    return isinstance(error, _CONNECTION_ERRORS)
+
+
+def call_reconnecting(fn: Callable[[], T], *, what: str, outage_s: float = DEFAULT_OUTAGE_S) -> T:
+    """Call ``fn``, and call it again while the database is unreachable, for up to ``outage_s``.
+
+    ``fn`` must be safe to repeat: a write whose commit was lost with the connection may or may
+    not have happened.
+
+    Raises:
+        StorageError: the database stayed unreachable for ``outage_s`` seconds.
+    """
+    deadline = time.monotonic() + outage_s
+    delay = 0.2
+    while True:
+        try:
+            return fn()
+        except (optuna.exceptions.StorageInternalError, *_CONNECTION_ERRORS) as e:
+            if not is_connection_error(e):
+                raise
+            if time.monotonic() > deadline:
+                raise StorageError(
+                    f"the database stayed unreachable for {outage_s:.0f} s while {what}; "
+                    "check that the server runs and the network reaches it"
+                ) from None
+            _logger.warning("database unreachable while %s; retrying in %.1f s", what, delay)
+            time.sleep(delay + random.uniform(0, delay / 2))
+            delay = min(delay * 2, 5.0)

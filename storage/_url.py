@@ -1,0 +1,83 @@
+"""Storage URLs: the two forms lrstudy accepts, checked early and masked wherever printed."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage._errors import StorageError
+
+_FORMS = "sqlite:///PATH.db or postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
+_POSTGRES_NAMES = ("postgresql", "postgres", "postgresql+psycopg")
+_SQLITE_NAMES = ("sqlite", "sqlite+pysqlite")
+
+# The password sits between "user:" and the last "@" of the authority part; a password given as
+# a query parameter ("?password=...", accepted by libpq) is masked as well.
+_USERINFO_PASSWORD = re.compile(r"(://[^:/?#@]*:)[^/?#]*(@)")
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
+
+
+@dataclass(frozen=True)
+class ParsedURL:
+    """A storage URL ready for SQLAlchemy: the driver filled in, the database kind named."""
+
+    sqlalchemy_url: str
+    dialect: str  # "sqlite" or "postgresql"
+    password: str | None
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``; never fails, even on garbage."""
+    masked = _USERINFO_PASSWORD.sub(r"\1***\2", str(url))
+    return _QUERY_PASSWORD.sub(r"\1***", masked)
+
+
+def parse_url(url: str) -> ParsedURL:
+    """Check a storage URL and pick the driver: psycopg 3 for PostgreSQL, pysqlite for SQLite.
+
+    Raises:
+        StorageError: the URL is malformed, names another database, or (SQLite) points into a
+            folder that does not exist.
+    """
+    from sqlalchemy.engine import make_url  # Heavy: only when a storage is opened.
+    from sqlalchemy.exc import ArgumentError
+
+    text = str(url).strip()
+    try:
+        parsed = make_url(text)
+    except ArgumentError:
+        raise StorageError(
+            f"storage URL {mask_url(text)!r} is malformed; expected {_FORMS}"
+        ) from None
+    if parsed.drivername in _SQLITE_NAMES:
+        return ParsedURL(_check_sqlite(text, parsed.database), "sqlite", None)
+    if parsed.drivername in _POSTGRES_NAMES:
+        if not parsed.database:
+            raise StorageError(
+                f"storage URL {mask_url(text)!r} names no database; "
+                "append /DBNAME, e.g. postgresql://USER:PASSWORD@HOST:5432/lrstudy"
+            )
+        normalised = parsed.set(drivername="postgresql+psycopg")
+        return ParsedURL(
+            normalised.render_as_string(hide_password=False), "postgresql", parsed.password
+        )
+    raise StorageError(
+        f"storage URL {mask_url(text)!r} uses {parsed.drivername!r}, which lrstudy does not "
+        f"support; expected {_FORMS}"
+    )
+
+
+def _check_sqlite(text: str, database: str | None) -> str:
+    if not database or database == ":memory:" or database.startswith("file::memory:"):
+        raise StorageError(
+            f"storage URL {text!r} names no database file, and workers cannot share an "
+            "in-memory database; use sqlite:///PATH.db"
+        )
+    folder = Path(database).parent
+    if not folder.is_dir():
+        raise StorageError(
+            f"folder {str(folder)!r} of the SQLite database in storage URL {text!r} does not "
+            "exist; create it first or fix the path"
+        )
+    return text

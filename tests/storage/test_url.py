@@ -1,0 +1,73 @@
+"""Storage URLs: masking and the one-line errors for URLs that cannot work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from storage import StorageError, mask_url, open_storage
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://ana:s3cret@db:5432/lr", "postgresql://ana:***@db:5432/lr"),
+        ("postgresql+psycopg://ana:p@ss@db/lr", "postgresql+psycopg://ana:***@db/lr"),
+        (
+            "postgresql://ana@db/lr?password=s3cret&sslmode=require",
+            "postgresql://ana@db/lr?password=***&sslmode=require",
+        ),
+        ("postgresql://ana@db/lr", "postgresql://ana@db/lr"),
+        ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
+        ("not a url :: at all", "not a url :: at all"),
+        ("://:s3cret@", "://:***@"),
+    ],
+)
+def test_mask_url_hides_passwords_and_keeps_the_rest(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("no-scheme-here", "is malformed"),
+        ("mysql://ana:s3cret@db/lr", "does not support"),
+        ("sqlite://", "in-memory"),
+        ("sqlite:///:memory:", "in-memory"),
+        ("postgresql://ana:s3cret@db:5432", "names no database"),
+    ],
+)
+def test_bad_urls_fail_with_one_masked_line(url: str, expected: str) -> None:
+    with pytest.raises(StorageError) as caught:
+        open_storage(url)
+    message = str(caught.value)
+    assert expected in message
+    assert "s3cret" not in message
+    assert "\n" not in message
+
+
+def test_sqlite_in_a_missing_folder_names_the_folder(tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / "deeper"
+    with pytest.raises(StorageError, match="does not exist; create it first") as caught:
+        open_storage(f"sqlite:///{missing / 'study.db'}")
+    assert str(missing) in str(caught.value)
+    assert not missing.exists()
+
+
+def test_sqlite_file_that_is_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_text("these are not the tables you are looking for\n" * 100)
+    with pytest.raises(StorageError, match="not a database"):
+        open_storage(f"sqlite:///{path}")
+
+
+@pytest.mark.parametrize("value", [0, -5, 1.5, True])
+def test_heartbeat_must_be_positive_whole_seconds(tmp_path: Path, value: object) -> None:
+    with pytest.raises(StorageError, match="heartbeat_s must be a positive whole number"):
+        open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_s=value)  # type: ignore[arg-type]
+
+
+def test_grace_must_outlast_a_heartbeat(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match=r"grace_s \(2\) must be longer than heartbeat_s \(2\)"):
+        open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_s=2, grace_s=2)
