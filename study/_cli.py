@@ -13,7 +13,12 @@ from trainer import InputError
 
 # Each module holds the sub-commands of one job and exposes ``register(subparsers)``.
 # They import heavy libraries (Keras, Optuna) inside their handlers, so ``lrstudy --help`` is fast.
-_COMMAND_MODULES = ("study._cmd_data", "study._cmd_train", "study._cmd_study")
+_COMMAND_MODULES = (
+    "study._cmd_data",
+    "study._cmd_train",
+    "study._cmd_study",
+    "study._cmd_results",
+)
 
 _logger = logging.getLogger(__name__)
 

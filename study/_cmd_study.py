@@ -1,9 +1,492 @@
-"""Placeholder until its owner lands the sub-commands; registers nothing."""
+"""``lrstudy init | create | worker | launch | run | status``: the study service's commands.
+
+Handlers import Optuna, the storage layer and (in workers only) Keras lazily, so ``--help``,
+``init``, ``create`` and ``status`` never load TensorFlow.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import math
+import os
+import signal
+import socket
+import statistics
+import sys
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainer import InputError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from study._grid import CellState
+    from study._launch import LaunchSummary, Slot
+    from study._spec import StudySpec
+
+_logger = logging.getLogger(__name__)
+
+# Workers read the storage URL from here when launched, so a password never shows in `ps`.
+STORAGE_ENV = "LRSTUDY_STORAGE"
+_BACKENDS = ("tensorflow", "jax")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    del subparsers
+    spec_options = argparse.ArgumentParser(add_help=False)
+    source = spec_options.add_mutually_exclusive_group()
+    source.add_argument("--spec", metavar="FILE", help="A study spec (TOML), see `lrstudy init`.")
+    source.add_argument(
+        "--preset", metavar="NAME", help="A built-in spec: paper (the default without --spec)."
+    )
+    spec_options.add_argument("--data", metavar="DIR", help="The dataset folder (data.root).")
+    spec_options.add_argument(
+        "--storage", metavar="URL", help="Study database; overrides study.storage."
+    )
+    spec_options.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="Override a spec key with a TOML value, e.g. --set train.epochs=2 "
+        "--set 'grid.seed=[0]'. Repeatable.",
+    )
+
+    study_options = argparse.ArgumentParser(add_help=False)
+    study_options.add_argument(
+        "--storage", metavar="URL", help=f"Study database (default: ${STORAGE_ENV})."
+    )
+    study_options.add_argument("--study", required=True, metavar="NAME", help="Study name.")
+
+    location_options = argparse.ArgumentParser(add_help=False)
+    location_options.add_argument(
+        "--data", metavar="DIR", help="This machine's dataset folder, if not the stored one."
+    )
+    location_options.add_argument(
+        "--cache-dir", metavar="DIR", help="This machine's image cache folder."
+    )
+    location_options.add_argument(
+        "--artifacts", metavar="DIR", help="This machine's artifacts folder (checkpoints)."
+    )
+    location_options.add_argument(
+        "--backend", choices=_BACKENDS, help="Keras backend of the workers (KERAS_BACKEND)."
+    )
+
+    slot_options = argparse.ArgumentParser(add_help=False)
+    slots = slot_options.add_mutually_exclusive_group()
+    slots.add_argument("--gpus", metavar="LIST", help="GPU indices like 0,1,3, or all.")
+    slots.add_argument("--workers", type=int, metavar="N", help="Run N CPU workers.")
+    slot_options.add_argument(
+        "--per-gpu", type=int, default=1, metavar="K", help="Workers per GPU (default 1)."
+    )
+    slot_options.add_argument(
+        "--max-restarts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="Restarts of a worker that dies unexpectedly (default 3).",
+    )
+
+    init = subparsers.add_parser(
+        "init", help="Write the paper's study spec as a commented TOML file."
+    )
+    init.add_argument("file", nargs="?", default="lrstudy.toml", metavar="FILE")
+    init.add_argument("--force", action="store_true", help="Overwrite an existing file.")
+    init.set_defaults(handler=_init)
+
+    create = subparsers.add_parser(
+        "create", parents=[spec_options], help="Create the study of a spec (no-op if it exists)."
+    )
+    create.set_defaults(handler=_create)
+
+    worker = subparsers.add_parser(
+        "worker",
+        parents=[study_options, location_options],
+        help="Train cells of a study until none is left.",
+    )
+    worker.add_argument("--worker-id", metavar="ID", help="Default: HOST-PID.")
+    worker.set_defaults(handler=_worker)
+
+    launch = subparsers.add_parser(
+        "launch",
+        parents=[study_options, location_options, slot_options],
+        help="Run local worker processes, one per GPU slot or CPU worker.",
+    )
+    launch.set_defaults(handler=_launch)
+
+    run = subparsers.add_parser(
+        "run",
+        parents=[spec_options, slot_options],
+        help="Create or resume a study, run it here to the end, print the summary.",
+    )
+    run.add_argument(
+        "--backend", choices=_BACKENDS, help="Keras backend of the workers (KERAS_BACKEND)."
+    )
+    run.set_defaults(handler=_run)
+
+    status = subparsers.add_parser(
+        "status", parents=[study_options], help="Show the grid: each cell's state."
+    )
+    status.set_defaults(handler=_status)
+
+
+# --- handlers -----------------------------------------------------------------------------
+
+
+def _init(args: argparse.Namespace) -> int:
+    from study._presets import PAPER_TOML
+
+    path = Path(args.file)
+    if path.exists() and not args.force:
+        raise InputError(
+            f"FILE {str(path)!r} already exists; pass --force to overwrite it, or another FILE."
+        )
+    try:
+        path.write_text(PAPER_TOML, encoding="utf-8")
+    except OSError as error:
+        raise InputError(f"FILE {str(path)!r} cannot be written: {error.strerror}.") from None
+    print(f"wrote {path}; next: lrstudy run --spec {path} --data DIR")
+    return 0
+
+
+def _create(args: argparse.Namespace) -> int:
+    _quiet_optuna()
+    from storage import mask_url
+    from study._grid import cell_states
+
+    spec = _spec_of(args)
+    study, created = _create_study(spec)
+    states = cell_states(study)
+    done = sum(state.state == "complete" for state in states)
+    where = mask_url(spec.study.storage)
+    if created:
+        print(f"created study {spec.study.name!r} with {len(states)} cells in {where}")
+    else:
+        print(
+            f"study {spec.study.name!r} already exists in {where} with the same protocol "
+            f"({done} of {len(states)} cells complete); nothing to do"
+        )
+    print(
+        f"start workers: lrstudy launch --storage '{where}' --study {spec.study.name} --gpus all"
+    )
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    url = _storage_url(args.storage)
+    if args.backend:
+        os.environ["KERAS_BACKEND"] = args.backend  # before anything imports Keras
+    _quiet_optuna()
+    from storage import open_storage
+    from study._grid import load_grid_study
+    from study._objective import CellObjective
+    from study._spec import spec_from_study
+    from study._worker import run_worker
+
+    spec = spec_from_study(load_grid_study(open_storage(url), args.study), url)
+    spec = spec.with_locations(
+        data_root=_absolute(args.data),
+        cache_dir=_absolute(args.cache_dir),
+        artifacts=_absolute(args.artifacts),
+    )
+    if spec.train.deterministic and os.environ.get("KERAS_BACKEND") == "jax":
+        from trainer._train import use_deterministic_xla
+
+        use_deterministic_xla()  # JAX reads it once, at its first use
+    storage = open_storage(
+        url,
+        heartbeat_s=spec.worker.heartbeat_s,
+        grace_s=spec.worker.grace_s,
+        max_retries=spec.worker.max_retries,
+    )
+    worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    # Exit 0 also after SIGTERM or Ctrl-C: the trial went back to the queue, nothing is lost.
+    run_worker(
+        load_grid_study(storage, args.study),
+        CellObjective(spec, worker_id=worker_id),
+        worker_id=worker_id,
+        max_retries=spec.worker.max_retries,
+        after_trial=_refresh_views,
+    )
+    return 0
+
+
+def _refresh_views(study: optuna.Study) -> None:
+    """Redraw the dashboard's comparison figure and note; a failed redraw never stops a worker."""
+    from study._dashboard import refresh_views
+
+    try:
+        refresh_views(study)
+    except Exception as error:  # the views are a convenience; the trial is already stored
+        _logger.warning("could not refresh the dashboard views of %s: %s", study.study_name, error)
+
+
+def _launch(args: argparse.Namespace) -> int:
+    _quiet_optuna()
+    from storage import open_storage
+    from study._grid import load_grid_study
+    from study._launch import plan_slots
+
+    if args.gpus is None and args.workers is None:
+        raise InputError(
+            "launch needs --gpus LIST, --gpus all or --workers N; got none of them. "
+            "Example: lrstudy launch --storage URL --study NAME --gpus all."
+        )
+    url = _storage_url(args.storage)
+    study = load_grid_study(open_storage(url), args.study)
+    slots = plan_slots(gpus=args.gpus, workers=args.workers, per_gpu=args.per_gpu)
+    if _all_complete(study):
+        return _finish(study, None)
+    locations = {"--data": args.data, "--cache-dir": args.cache_dir, "--artifacts": args.artifacts}
+    summary = _supervise(study, url, slots, args, locations)
+    return _finish(study, summary)
+
+
+def _run(args: argparse.Namespace) -> int:
+    _quiet_optuna()
+    from study._launch import plan_slots
+
+    spec = _spec_of(args)
+    slots = plan_slots(gpus=args.gpus, workers=args.workers, per_gpu=args.per_gpu)
+    study, created = _create_study(spec)
+    _logger.info(
+        "%s study %r: %d cells",
+        "created" if created else "resuming",
+        spec.study.name,
+        len(spec.cells()),
+    )
+    if _all_complete(study):
+        return _finish(study, None)
+    locations = {
+        "--data": spec.data.root,
+        "--cache-dir": spec.data.cache_dir,
+        "--artifacts": spec.study.artifacts,
+    }
+    summary = _supervise(study, spec.study.storage, slots, args, locations)
+    return _finish(study, summary)
+
+
+def _status(args: argparse.Namespace) -> int:
+    _quiet_optuna()
+    from storage import open_storage
+    from study._grid import load_grid_study
+
+    study = load_grid_study(open_storage(_storage_url(args.storage)), args.study)
+    print(_status_table(study))
+    return 0
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _quiet_optuna() -> None:
+    """Our own log lines say what happens; Optuna's repeat them, and its experimental-API
+    warnings (heartbeats, metric names) speak to library developers, not to our users."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def _spec_of(args: argparse.Namespace) -> StudySpec:
+    """The spec of --spec/--preset with --set, --data and --storage applied, paths absolute."""
+    from study._objective import check_cells
+    from study._spec import load_preset, load_spec
+
+    if args.spec:
+        spec = load_spec(args.spec, args.overrides)
+    else:
+        spec = load_preset(args.preset or "paper", args.overrides)
+    spec = spec.with_locations(storage=args.storage, data_root=args.data).resolved()
+    if spec.data.root is None:
+        raise InputError(
+            "data.root is not set: the study needs the dataset folder. "
+            "Fix: pass --data DIR, or set root in [data] of the spec."
+        )
+    if not Path(spec.data.root).is_dir():
+        raise InputError(
+            f"--data (data.root) {spec.data.root!r} is not a folder; "
+            "pass the folder that holds the chest X-ray images."
+        )
+    check_cells(spec)
+    return spec
+
+
+def _create_study(spec: StudySpec) -> tuple[optuna.Study, bool]:
+    from storage import open_storage
+    from study._spec import create_from_spec
+
+    return create_from_spec(open_storage(spec.study.storage), spec)
+
+
+def _all_complete(study: optuna.Study) -> bool:
+    from study._grid import cell_states
+
+    if all(state.state == "complete" for state in cell_states(study)):
+        _logger.info("every cell of study %r is complete already", study.study_name)
+        return True
+    return False
+
+
+def _storage_url(flag: str | None) -> str:
+    """--storage, else $LRSTUDY_STORAGE."""
+    url = flag or os.environ.get(STORAGE_ENV)
+    if not url:
+        raise InputError(
+            f"--storage is missing and ${STORAGE_ENV} is not set; "
+            "pass --storage URL, e.g. --storage sqlite:///lrstudy.db."
+        )
+    return url
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def _supervise(
+    study: optuna.Study,
+    url: str,
+    slots: list[Slot],
+    args: argparse.Namespace,
+    locations: dict[str, str | None],
+) -> LaunchSummary:
+    """Run the workers of ``slots`` on ``study`` here, logging progress now and then."""
+    from study._launch import launch
+
+    host = socket.gethostname()
+    extra = [part for flag, value in locations.items() if value for part in (flag, value)]
+    if args.backend:
+        extra += ["--backend", args.backend]
+
+    def command(slot: Slot) -> list[str]:
+        return [
+            sys.executable, "-m", "study", "worker",
+            "--study", study.study_name, "--worker-id", f"{host}-{slot.name}", *extra,
+        ]  # fmt: skip
+
+    env = {**os.environ, STORAGE_ENV: url}
+    _logger.info(
+        "study %r: starting %d worker(s): %s",
+        study.study_name,
+        len(slots),
+        ", ".join(slot.label for slot in slots),
+    )
+    return launch(
+        slots,
+        command,
+        max_restarts=args.max_restarts,
+        env=env,
+        on_tick=lambda: _logger.info("progress: %s", _progress_line(study)),
+    )
+
+
+def _finish(study: optuna.Study, summary: LaunchSummary | None) -> int:
+    """Print the grid and the summary; 0 when every cell is complete."""
+    from study._grid import cell_states
+
+    print(_status_table(study))
+    states = cell_states(study)
+    print()
+    print(_summary_table(study, states))
+    if summary is not None:
+        restarts = sum(outcome.restarts for outcome in summary.outcomes)
+        print(
+            f"\n{len(summary.outcomes)} worker(s) ran for {summary.seconds:.0f} s"
+            f"{f', {restarts} restart(s)' if restarts else ''}"
+        )
+        if summary.interrupted_by is not None:
+            name = signal.Signals(summary.interrupted_by).name
+            print(f"interrupted by {name}: run the same command again to finish the grid")
+            return 128 + summary.interrupted_by
+    return 0 if all(state.state == "complete" for state in states) else 1
+
+
+def _progress_line(study: optuna.Study) -> str:
+    from study._grid import cell_states
+
+    states = cell_states(study)
+    counts = {name: 0 for name in ("complete", "running", "waiting", "failed")}
+    for state in states:
+        counts[state.state] = counts.get(state.state, 0) + 1
+    return f"{counts['complete']}/{len(states)} complete, " + ", ".join(
+        f"{count} {name}" for name, count in counts.items() if name != "complete"
+    )
+
+
+def _status_table(study: optuna.Study) -> str:
+    """One row per cell: its axes, state, trial and what is known of it."""
+    from study._grid import cell_states
+
+    states = cell_states(study)
+    trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
+    axes = list(states[0].params) if states else []
+    rows = [[*axes, "state", "trial", "detail"]]
+    for state in states:
+        trial = trials.get(state.trial_number) if state.trial_number is not None else None
+        rows.append(
+            [
+                *(_format_value(state.params[axis]) for axis in axes),
+                state.state,
+                "-" if state.trial_number is None else str(state.trial_number),
+                _detail(state, trial, _metric(study)),
+            ]
+        )
+    header = f"study {study.study_name}: {_progress_line(study)}"
+    return header + "\n" + _table(rows)
+
+
+def _detail(state: CellState, trial: optuna.trial.FrozenTrial | None, metric: str) -> str:
+    attrs = trial.user_attrs if trial is not None else {}
+    if state.state == "running":
+        return (
+            f"worker {state.worker_id or '?'} on {state.host or '?'}, "
+            f"epoch {state.step or 0} of {attrs.get('epochs', '?')}"
+        )
+    if state.state == "complete":
+        text = "-" if state.value is None else f"{metric} {state.value:.4f}"
+        return text + (", diverged" if attrs.get("diverged") else "")
+    if state.state == "failed":
+        return f"retries {state.retries}: {state.error or 'unknown error'}"
+    return f"retry {state.retries}" if state.retries else ""
+
+
+def _summary_table(study: optuna.Study, states: list[CellState]) -> str:
+    """Mean and sample SD of the objective over seeds, per learning rate (and other axes)."""
+    trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    axes = [axis for axis in (states[0].params if states else {}) if axis != "seed"]
+    for state in states:
+        groups.setdefault(tuple(state.params[axis] for axis in axes), []).append(state)
+    rows = [[*axes, "complete", "mean", "sd", "diverged"]]
+    for key, members in groups.items():
+        done = [trials[m.trial_number] for m in members if m.state == "complete"]
+        values = [t.value for t in done if t.value is not None and math.isfinite(t.value)]
+        rows.append(
+            [
+                *(_format_value(value) for value in key),
+                f"{len(done)}/{len(members)}",
+                f"{statistics.mean(values):.4f}" if values else "-",
+                f"{statistics.stdev(values):.4f}" if len(values) > 1 else "-",
+                str(sum(bool(t.user_attrs.get("diverged")) for t in done)),
+            ]
+        )
+    return f"{_metric(study)} over seeds (sample SD):\n" + _table(rows)
+
+
+def _metric(study: optuna.Study) -> str:
+    return study.metric_names[0] if study.metric_names else "objective"
+
+
+def _format_value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )

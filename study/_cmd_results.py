@@ -1,0 +1,87 @@
+"""``lrstudy export | dashboard``: reading a study's results, as a paper summary or in a browser.
+
+Handlers import Optuna, matplotlib and optuna-dashboard lazily; neither command loads Keras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from study._cmd_study import STORAGE_ENV
+
+    export = subparsers.add_parser(
+        "export",
+        help="Summarise a study like the paper's tables: Markdown, CSV or JSON, and figures.",
+    )
+    export.add_argument(
+        "--storage", metavar="URL", help=f"Study database (default: ${STORAGE_ENV})."
+    )
+    export.add_argument("--study", required=True, metavar="NAME", help="Study name.")
+    export.add_argument(
+        "--format",
+        choices=("md", "csv", "json"),
+        default="md",
+        help="What to print on stdout without --out (default md); csv has one row per trial.",
+    )
+    export.add_argument(
+        "--out",
+        metavar="DIR",
+        help="Write trials.csv, summary.json, summary.md and PNG figures into DIR instead.",
+    )
+    export.set_defaults(handler=_export)
+
+    dashboard = subparsers.add_parser(
+        "dashboard", help="Serve optuna-dashboard for a storage, with its studies' artifacts."
+    )
+    dashboard.add_argument(
+        "--storage", metavar="URL", help=f"Study database (default: ${STORAGE_ENV})."
+    )
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="Address to listen on (default 127.0.0.1)."
+    )
+    dashboard.add_argument(
+        "--port", type=int, default=8080, help="Port to listen on (default 8080)."
+    )
+    dashboard.add_argument(
+        "--artifacts",
+        metavar="DIR",
+        help="This machine's artifacts folder, if not the one the studies recorded.",
+    )
+    dashboard.set_defaults(handler=_dashboard)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from storage import open_storage
+    from study._cmd_study import _storage_url
+    from study._export import collect, render, write_export
+    from study._grid import load_grid_study
+
+    results = collect(load_grid_study(open_storage(_storage_url(args.storage)), args.study))
+    if results.missing:
+        print(
+            f"lrstudy: {results.complete} of {results.cells} cells complete; missing: "
+            + ", ".join(f"{m['cell']} ({m['state']})" for m in results.missing),
+            file=sys.stderr,
+        )
+    if args.out is None:
+        sys.stdout.write(render(results, args.format))
+        return 0
+    written, notes = write_export(results, args.out)
+    for path in written:
+        print(path)
+    for note in notes:
+        print(f"lrstudy: note: {note}", file=sys.stderr)
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from storage import open_storage
+    from study._cmd_study import _storage_url
+    from study._dashboard import serve
+
+    storage = open_storage(_storage_url(args.storage))
+    serve(storage, host=args.host, port=args.port, artifacts=args.artifacts)
+    return 0

@@ -1,0 +1,249 @@
+"""The launcher: slot planning, real worker processes, prefixed logs, restarts and signals."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from study._launch import Slot, find_gpus, launch, parse_smi_indices, plan_slots
+from trainer import InputError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def gpus(*indices: str):
+    return lambda: list(indices)
+
+
+def test_cpu_workers_get_one_slot_each() -> None:
+    slots = plan_slots(workers=3, available=gpus("0"))
+    assert [slot.label for slot in slots] == ["w1 cpu", "w2 cpu", "w3 cpu"]
+
+
+def test_gpu_slots_pin_one_gpu_each_and_share_with_per_gpu() -> None:
+    slots = plan_slots(gpus="0,3", per_gpu=2, available=gpus("0", "1", "2", "3"))
+    assert [slot.label for slot in slots] == ["w1 gpu0", "w2 gpu0", "w3 gpu3", "w4 gpu3"]
+    assert [slot.environment({})["CUDA_VISIBLE_DEVICES"] for slot in slots] == [
+        "0",
+        "0",
+        "3",
+        "3",
+    ]
+    assert [s.label for s in plan_slots(gpus="all", available=gpus("0", "1"))] == [
+        "w1 gpu0",
+        "w2 gpu1",
+    ]
+
+
+def test_without_flags_all_gpus_else_one_cpu_worker() -> None:
+    assert [s.label for s in plan_slots(available=gpus("0", "1"))] == ["w1 gpu0", "w2 gpu1"]
+    assert [s.label for s in plan_slots(available=gpus())] == ["w1 cpu"]
+    assert Slot(1).environment({"CUDA_VISIBLE_DEVICES": "0"})["CUDA_VISIBLE_DEVICES"] == ""
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        (
+            {"gpus": "0,2", "available": gpus("0", "1")},
+            r"--gpus names GPU 2, which does not exist",
+        ),
+        ({"gpus": "all", "available": gpus()}, r"--gpus all found no GPU.*--workers N"),
+        ({"gpus": "0", "available": gpus()}, r"GPU 0, which does not exist; this machine has no"),
+        ({"gpus": "first", "available": gpus("0")}, r"--gpus must be 'all' or GPU indices"),
+        ({"gpus": "0,0", "available": gpus("0")}, r"--gpus lists a GPU twice.*--per-gpu"),
+        ({"gpus": "0", "per_gpu": 0, "available": gpus("0")}, r"--per-gpu must be .*got 0"),
+        ({"workers": 0}, r"--workers must be an integer >= 1; got 0"),
+        ({"gpus": "0", "workers": 2, "available": gpus("0")}, r"exclude each other"),
+    ],
+)
+def test_bad_slot_requests_are_input_errors(kwargs: dict, expected: str) -> None:
+    with pytest.raises(InputError, match=expected):
+        plan_slots(**kwargs)
+
+
+def test_nvidia_smi_output_is_parsed() -> None:
+    assert parse_smi_indices("0\n1\n\n3\n") == ["0", "1", "3"]
+    assert parse_smi_indices("No devices were found\n") == []
+
+
+def test_this_machines_gpus_are_found_or_all_is_refused() -> None:
+    found = find_gpus()
+    assert all(index.isdigit() for index in found)
+    if not found:
+        with pytest.raises(InputError, match="--gpus all found no GPU"):
+            plan_slots(gpus="all")
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+def test_workers_run_with_their_gpu_and_their_output_prefixed() -> None:
+    out = io.StringIO()
+    code = """
+        import os, sys
+        print("sees", repr(os.environ["CUDA_VISIBLE_DEVICES"]))
+        print("to stderr", file=sys.stderr)
+    """
+    slots = [Slot(1, "0"), Slot(2, "1"), Slot(3)]
+    summary = launch(slots, lambda slot: python(code), out=out)
+    lines = out.getvalue().splitlines()
+    assert "[w1 gpu0] sees '0'" in lines
+    assert "[w2 gpu1] sees '1'" in lines
+    assert "[w3 cpu] sees ''" in lines
+    assert sum(line.endswith("] to stderr") for line in lines) == 3
+    assert summary.clean
+    assert [(o.slot.label, o.returncode, o.restarts) for o in summary.outcomes] == [
+        ("w1 gpu0", 0, 0),
+        ("w2 gpu1", 0, 0),
+        ("w3 cpu", 0, 0),
+    ]
+
+
+def test_a_dying_worker_is_restarted_a_bounded_number_of_times(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    code = f"""
+        with open({str(runs)!r}, "a") as f:
+            f.write("x")
+        raise SystemExit(3)
+    """
+    summary = launch([Slot(1)], lambda slot: python(code), max_restarts=2, out=io.StringIO())
+    assert runs.read_text() == "xxx"
+    assert [(o.returncode, o.restarts) for o in summary.outcomes] == [(3, 2)]
+    assert not summary.clean
+
+
+def test_a_worker_that_recovers_after_a_restart_ends_clean(tmp_path: Path) -> None:
+    marker = tmp_path / "crashed-once"
+    code = f"""
+        import os
+        if not os.path.exists({str(marker)!r}):
+            open({str(marker)!r}, "w").close()
+            raise SystemExit(1)
+    """
+    summary = launch([Slot(1), Slot(2)], lambda slot: python(code), out=io.StringIO())
+    assert summary.clean
+    assert sorted(o.restarts for o in summary.outcomes) == [0, 1]
+
+
+def test_a_worker_with_bad_input_is_not_restarted(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    code = f"""
+        open({str(runs)!r}, "a").write("x")
+        raise SystemExit(2)
+    """
+    summary = launch([Slot(1)], lambda slot: python(code), max_restarts=3, out=io.StringIO())
+    assert runs.read_text() == "x"
+    assert summary.outcomes[0].returncode == 2
+
+
+# A launcher in its own process, so that it owns its signal handlers as the CLI does.
+LAUNCHER = """
+import json, sys
+from study._launch import Slot, launch
+worker = sys.argv[1]
+summary = launch([Slot(1), Slot(2)], lambda slot: [sys.executable, "-c", worker],
+                 max_restarts=1, out=sys.stdout)
+print("SUMMARY", json.dumps({"signal": summary.interrupted_by,
+      "outcomes": [[o.returncode, o.restarts] for o in summary.outcomes]}), flush=True)
+"""
+
+
+def start_launcher(worker_code: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, textwrap.dedent(worker_code)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+def read_until(process: subprocess.Popen[str], predicate, lines: list[str]) -> None:
+    assert process.stdout is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        assert line, f"launcher ended early: {lines}"
+        lines.append(line.rstrip("\n"))
+        if predicate(lines):
+            return
+    raise AssertionError(f"timed out: {lines}")
+
+
+def summary_of(process: subprocess.Popen[str], lines: list[str]) -> dict:
+    rest, _ = process.communicate(timeout=30)
+    lines += rest.splitlines()
+    return json.loads(next(line for line in lines if line.startswith("SUMMARY"))[8:])
+
+
+def test_sigint_is_passed_on_as_sigterm_and_nobody_restarts() -> None:
+    worker = """
+        import os, signal, sys, time
+        def stop(signum, frame):
+            print("stopping on", signal.Signals(signum).name, flush=True)
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, stop)
+        print("ready", os.getpid(), flush=True)
+        time.sleep(60)
+    """
+    launcher = start_launcher(worker)
+    lines: list[str] = []
+    read_until(launcher, lambda seen: sum("ready" in line for line in seen) == 2, lines)
+    launcher.send_signal(signal.SIGINT)
+    summary = summary_of(launcher, lines)
+    assert launcher.returncode == 0
+    assert summary == {"signal": signal.SIGINT, "outcomes": [[0, 0], [0, 0]]}
+    assert "[w1 cpu] stopping on SIGTERM" in lines
+    assert "[w2 cpu] stopping on SIGTERM" in lines
+
+
+def test_a_second_signal_kills_workers_that_ignore_the_first() -> None:
+    worker = """
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("ready", flush=True)
+        time.sleep(60)
+    """
+    launcher = start_launcher(worker)
+    lines: list[str] = []
+    read_until(launcher, lambda seen: sum("ready" in line for line in seen) == 2, lines)
+    launcher.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    assert launcher.poll() is None  # still waiting for its workers
+    launcher.send_signal(signal.SIGTERM)
+    summary = summary_of(launcher, lines)
+    assert summary == {"signal": signal.SIGTERM, "outcomes": [[-9, 0], [-9, 0]]}
+
+
+def test_a_worker_killed_from_outside_is_restarted(tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    worker = f"""
+        import os, time
+        try:
+            fd = os.open({str(first)!r}, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            print("second life", flush=True)
+        else:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            print("ready", flush=True)
+            time.sleep(60)
+    """
+    launcher = start_launcher(worker)
+    lines: list[str] = []
+    read_until(launcher, lambda seen: any("ready" in line for line in seen), lines)
+    os.kill(int(first.read_text()), signal.SIGKILL)
+    summary = summary_of(launcher, lines)
+    assert summary["signal"] is None
+    assert sorted(summary["outcomes"]) == [[0, 0], [0, 1]]
+    assert sum("second life" in line for line in lines) == 2
