@@ -20,7 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--out; --resume continues an interrupted cell from its last checkpoint."
         ),
     )
-    parser.add_argument("data", metavar="DATA", help="Dataset folder (Kaggle or flat layout).")
+    parser.add_argument(
+        "data",
+        metavar="DATA",
+        help="Dataset folder (Kaggle or flat layout), or kaggle for the `lrstudy data fetch` one.",
+    )
     parser.add_argument("--lr", type=float, required=True, help="Learning rate, e.g. 0.001.")
     parser.add_argument("--seed", type=int, required=True, help="Seed of init and batch order.")
     parser.add_argument("--epochs", type=int, default=60, help="Epochs (default 60).")
@@ -69,12 +73,13 @@ def _train(args: argparse.Namespace) -> int:
     # Read by JAX when it first starts, so it goes in before anything touches a device.
     use_deterministic_xla()
 
+    from study._fetch import resolve_data
     from trainer._config import CellConfig
     from trainer._dataset import DataConfig, parse_ratios
     from trainer._train import train_cell
 
     data = DataConfig(
-        root=args.data,
+        root=resolve_data(args.data),
         split=args.split,
         split_seed=args.split_seed,
         ratios=parse_ratios(args.ratios),

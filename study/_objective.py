@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from storage import call_reconnecting
 from study._grid import cell_key
 from study._spec import StudySpec
 from trainer import InputError
@@ -56,6 +57,8 @@ def cell_config(spec: StudySpec, params: dict[str, Any]) -> CellConfig:
         "model": spec.train.model,
         "test_weights": spec.train.test_weights,
         "deterministic": spec.train.deterministic,
+        "mixed_precision": spec.train.mixed_precision,
+        "jit_compile": spec.train.jit_compile,
     }
     train.update({axis: value for axis, value in params.items() if axis in train})
     out_dir = Path(spec.study.artifacts) / spec.study.name / cell_key(params)
@@ -124,17 +127,28 @@ class CellObjective:
         history: dict[str, list[Any]] = {name: [] for name in _HISTORY_KEYS}
         reported: set[int] = set()
 
+        def report_epoch(epoch: int, val_accuracy: float) -> None:
+            trial.set_user_attr("history", history)
+            if math.isfinite(val_accuracy):
+                trial.report(val_accuracy, step=epoch)
+                reported.add(epoch)
+
         def on_epoch(epoch: int, logs: dict[str, Any]) -> bool:
             for name in _HISTORY_KEYS:
                 history[name].append(_finite(logs[name]))
-            trial.set_user_attr("history", history)
-            if math.isfinite(logs["val_accuracy"]):
-                trial.report(logs["val_accuracy"], step=epoch)
-                reported.add(epoch)
+            # Both writes are safe to repeat, so a database outage delays them instead of
+            # failing a trial that trains on regardless.
+            call_reconnecting(
+                lambda: report_epoch(epoch, logs["val_accuracy"]),
+                what=f"recording epoch {epoch} of trial {trial.number}",
+            )
             return False
 
         result = train_cell(config, on_epoch, resume=True)
-        self._record(trial, result, reported)
+        call_reconnecting(
+            lambda: self._record(trial, result, reported),
+            what=f"recording the result of trial {trial.number}",
+        )
         store = artifact_store(self.spec.study.artifacts, self.spec.study.name)
         record_trial(trial, store, reduce=self.spec.study.reduce)
         value = (result.final if self.spec.study.reduce == "last" else result.best)[

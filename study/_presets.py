@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 from trainer import InputError
@@ -31,6 +32,8 @@ PAPER: dict[str, dict[str, Any]] = {
         "optimizer": "adam",
         "test_weights": "last",
         "deterministic": True,
+        "mixed_precision": False,
+        "jit_compile": "auto",
     },
     "data": {
         "root": None,
@@ -48,54 +51,97 @@ PAPER: dict[str, dict[str, Any]] = {
     },
 }
 
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {"paper": PAPER}
+# A smoke run: the paper's grid, split, optimizer and code path (spec, cache, feed, training loop,
+# checkpoints, workers, storage, export), shrunk until 12 cells finish on a laptop CPU in a few
+# minutes. Only these keys differ from PAPER. A small CNN stands in for Inception V3: at 75 px
+# from random weights, Inception V3 took 12 minutes on 2 busy cores and every cell ended at
+# val_accuracy 0.5 (one class predicted), which cannot tell a working pipeline from a broken one;
+# the small CNN learns within 3 epochs, so the learning rates visibly differ.
+QUICK_SIZING: dict[str, dict[str, Any]] = {
+    "study": {"name": "kim-ye-2022-quick"},
+    "train": {"model": "small_cnn", "weights": "none", "image_size": 64, "epochs": 3},
+    "data": {"limit_per_class": 100},
+}
 
-# What `lrstudy init` writes: the paper preset, every key explained. A test loads it back and
-# compares it with PAPER, so the two cannot drift apart.
-PAPER_TOML = """\
-# lrstudy study spec: Kim & Ye (2022), Inception V3 on chest X-rays, learning rate x seed.
-# Run it:   lrstudy run --spec THIS_FILE --data DIR
+
+def _sized(
+    base: dict[str, dict[str, Any]], sizing: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    sized = copy.deepcopy(base)
+    for section, body in sizing.items():
+        sized[section].update(body)
+    return sized
+
+
+QUICK = _sized(PAPER, QUICK_SIZING)
+# What `lrstudy run --preset quick` says before and after, so no one mistakes its numbers.
+QUICK_NOTE = (
+    "preset quick is a SMOKE RUN: the paper's grid and code path with a small CNN instead of "
+    "Inception V3, small images, a subset and few epochs. It shows the pipeline works; its "
+    "numbers are not the paper's. For the protocol: --preset paper."
+)
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {"paper": PAPER, "quick": QUICK}
+
+# --- the commented TOML of `lrstudy init --preset NAME` -----------------------------------------
+
+_HEADERS = {
+    "paper": """\
+# lrstudy study spec "paper": Kim & Ye (2022), Inception V3 on chest X-rays, learning rate x seed.
+""",
+    "quick": """\
+# lrstudy study spec "quick": a SMOKE RUN, not the paper's protocol. Its numbers are NOT the
+# paper's: it checks that the whole pipeline works, on a laptop CPU, in a few minutes.
+# The paper's 4 x 3 grid, split, Adam and code path (cache, training loop, checkpoints, workers,
+# export), made small: a small CNN instead of Inception V3, random initial weights instead of
+# ImageNet's (no download), 64 px instead of 224, 3 epochs instead of 60, and at most 100 images
+# per class in each of train/val/test. For the real protocol: lrstudy init --preset paper.
+""",
+}
+_USAGE = """\
+# Run it:   lrstudy run --spec THIS_FILE --data DIR     (DIR, or "kaggle" for the Kaggle download)
 # Override any key without editing:  --set train.epochs=2 --set 'grid.seed=[0]'
-# Keys left out take the paper's values shown here.
-
-[study]
-name = "kim-ye-2022"              # the Optuna study name; one spec per name
-storage = "sqlite:///lrstudy.db"  # or postgresql+psycopg://USER@HOST/DB (password: use ~/.pgpass)
-objective = "val_accuracy"        # the value each trial ends with (maximised)
-reduce = "last"                   # "last" epoch's value (as the paper) or the "best" epoch's
-artifacts = "lrstudy-artifacts"   # checkpoints and predictions; machines may share this folder
-
-[grid]
+# Keys left out take the paper's values.
+"""
+# Said above a section's keys.
+_INTROS = {
+    "grid": """\
 # One trial per combination; every cell runs exactly once. Further axes may name any [train] key,
 # for example  batch_size = [8, 32].
-learning_rate = [0.1, 0.01, 0.001, 0.0001]
-seed = [0, 1, 2]
-
-[train]
-model = "inception_v3"     # or "small_cnn" for quick runs
-weights = "imagenet"       # "imagenet" (downloaded by Keras), "none", or a local weights file
-image_size = 224           # pixels per side; Inception V3 needs at least 75
-epochs = 60
-batch_size = 8
-eval_batch_size = 64       # evaluation only; results do not depend on it
-optimizer = "adam"
-test_weights = "last"      # test the "last" or the "best" (by val_accuracy) epoch's weights
-deterministic = true       # reproducible to the last digit; slower on GPUs
-
-[data]
-# root = "chest_xray"      # the dataset folder; required here or as --data DIR
-split = "paper"            # "paper" (Table 2 counts), "kaggle" (folders as given) or "ratios"
-split_seed = 0
-ratios = [0.7, 0.15, 0.15] # train, val, test; used by split = "ratios"
-# limit_per_class = 50     # a small stratified subsample per part, for quick runs
-# cache_dir = "/path"      # preprocessed images; defaults to the user cache folder
-skip_bad = false           # true: leave out images that cannot be decoded instead of stopping
-
-[worker]
-heartbeat_s = 30           # a running trial's heartbeat interval
-grace_s = 120              # a trial silent this long is failed and its cell runs again
-max_retries = 2            # times a failing cell is retried before it stays failed
-"""
+""",
+}
+# Said after a key; what a key without a value (None) shows as a commented-out example.
+_NOTES = {
+    "train.mixed_precision": "float16 compute, float32 head: faster on GPUs, changes results "
+    "(docs/performance.md)",
+    "train.jit_compile": '"auto" (Keras decides), true or false: XLA compilation of the steps',
+    "study.name": "the Optuna study name; one spec per name",
+    "study.storage": "or postgresql://USER@HOST/DB (password: PGPASSWORD or ~/.pgpass)",
+    "study.objective": "the value each trial ends with (maximised)",
+    "study.reduce": '"last" epoch\'s value (as the paper) or the "best" epoch\'s',
+    "study.artifacts": "checkpoints and predictions; machines may share this folder",
+    "train.model": '"inception_v3" (the paper) or "small_cnn" (three conv blocks, for smoke runs)',
+    "train.weights": '"imagenet" (downloaded by Keras once), "none", or a local weights file',
+    "train.image_size": "pixels per side; Inception V3 needs at least 75",
+    "train.eval_batch_size": "evaluation only; results do not depend on it",
+    "train.optimizer": '"adam", "sgd" or "rmsprop"',
+    "train.test_weights": 'test the "last" or the "best" (by val_accuracy) epoch\'s weights',
+    "train.deterministic": "reproducible to the last digit; slower on GPUs",
+    "data.root": 'the dataset folder, or "kaggle"; required here or as --data DIR',
+    "data.split": '"paper" (Table 2 counts), "kaggle" (folders as given) or "ratios"',
+    "data.ratios": 'train, val, test; used by split = "ratios"',
+    "data.limit_per_class": "at most this many images per class in each part",
+    "data.cache_dir": "preprocessed images; defaults to the user cache folder",
+    "data.skip_bad": "true: leave out images that cannot be decoded instead of stopping",
+    "worker.heartbeat_s": "a running trial's heartbeat interval",
+    "worker.grace_s": "a trial silent this long is failed and its cell runs again",
+    "worker.max_retries": "times a failing cell is retried before it stays failed",
+}
+_EXAMPLES = {
+    "data.root": "chest_xray",
+    "data.limit_per_class": 50,
+    "data.cache_dir": "/path",
+}
 
 
 def preset_mapping(name: str) -> dict[str, dict[str, Any]]:
@@ -103,6 +149,37 @@ def preset_mapping(name: str) -> dict[str, dict[str, Any]]:
     if name not in PRESETS:
         raise InputError(
             f"--preset must be one of {', '.join(sorted(PRESETS))}; got {name!r}. "
-            "Use --preset paper or --spec FILE."
+            "Use --preset paper (the protocol), --preset quick (a smoke run) or --spec FILE."
         )
     return copy.deepcopy(PRESETS[name])
+
+
+def preset_toml(name: str) -> str:
+    """The preset as the commented TOML spec that `lrstudy init` writes.
+
+    Written from the preset mapping itself, so the file loads back to the same spec: every key
+    appears, a key without a value as a commented-out example.
+    """
+    mapping = preset_mapping(name)
+    parts = [_HEADERS[name], _USAGE]
+    for section, body in mapping.items():
+        lines = []
+        for key, value in body.items():
+            if value is None:
+                lines.append((f"# {key} = {_toml(_EXAMPLES[f'{section}.{key}'])}", key))
+            else:
+                lines.append((f"{key} = {_toml(value)}", key))
+        width = max(len(text) for text, _ in lines) + 2
+        parts.append(f"\n[{section}]\n{_INTROS.get(section, '')}")
+        for text, key in lines:
+            note = _NOTES.get(f"{section}.{key}")
+            parts.append(f"{text.ljust(width)}# {note}\n" if note else f"{text}\n")
+    return "".join(parts)
+
+
+def _toml(value: Any) -> str:
+    # JSON's strings, numbers, booleans and arrays are valid TOML values.
+    return json.dumps(value)
+
+
+PAPER_TOML = preset_toml("paper")

@@ -39,6 +39,9 @@ FINGERPRINT_ATTR = "spec_fingerprint"
 # Where files live differs between machines; what is computed must not. Only the protocol keys
 # enter the fingerprint, so a worker on another machine may point these at its own paths.
 LOCATION_KEYS = ("study.name", "study.storage", "study.artifacts", "data.root", "data.cache_dir")
+# Keys added after studies were first stored: a spec without them takes their defaults, and they
+# enter the fingerprint only when set otherwise, so the studies stored before keep theirs.
+ADDED_LATER_KEYS = ("train.mixed_precision", "train.jit_compile")
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class TrainSection:
     optimizer: str
     test_weights: str
     deterministic: bool
+    mixed_precision: bool = False
+    jit_compile: bool | str = "auto"
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,10 @@ class StudySpec:
                 key: value
                 for key, value in full[section].items()
                 if f"{section}.{key}" not in LOCATION_KEYS
+                and not (
+                    f"{section}.{key}" in ADDED_LATER_KEYS
+                    and value == _DEFAULTS[f"{section}.{key}"]
+                )
             }
         # The same cells in another order are the same grid.
         protocol["grid"] = {
@@ -371,6 +380,12 @@ def _boolean(source: str, key: str, value: Any) -> bool:
     return value
 
 
+def _jit_compile(source: str, key: str, value: Any) -> bool | str:
+    if value != "auto" and not isinstance(value, bool):
+        raise _fail(source, key, '"auto", true or false', value, 'use "auto", true or false')
+    return value
+
+
 def _positive_number(source: str, key: str, value: Any) -> float:
     if (
         isinstance(value, bool)
@@ -419,6 +434,8 @@ _CHECKS: dict[str, dict[str, _Check]] = {
         "optimizer": _choice(OPTIMIZERS),
         "test_weights": _choice(TEST_WEIGHTS),
         "deterministic": _boolean,
+        "mixed_precision": _boolean,
+        "jit_compile": _jit_compile,
     },
     "data": {
         "root": _optional_string,
@@ -436,10 +453,17 @@ _CHECKS: dict[str, dict[str, _Check]] = {
     },
 }
 
+_DEFAULTS = {
+    f"train.{field.name}": field.default
+    for field in dataclasses.fields(TrainSection)
+    if field.default is not dataclasses.MISSING
+}
+
+# How a cell is computed is no axis: jit_compile changes speed, not what is trained.
 _AXIS_CHECKS: dict[str, _Check] = {
     "learning_rate": _positive_number,
     "seed": _integer(0),
-    **_CHECKS["train"],
+    **{key: check for key, check in _CHECKS["train"].items() if key != "jit_compile"},
 }
 
 
@@ -467,6 +491,8 @@ def _check_keys(raw: Mapping[str, Any], source: str) -> None:
 def _section(cls: type, body: Mapping[str, Any], section: str, source: str) -> Any:
     values = {}
     for key, check in _CHECKS[section].items():
+        if key not in body and f"{section}.{key}" in ADDED_LATER_KEYS:
+            continue  # the dataclass default
         if key not in body:
             raise InputError(
                 f"{source}: {section}.{key} is missing. Fix: add it to [{section}] "

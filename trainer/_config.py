@@ -16,6 +16,7 @@ TEST_WEIGHTS = ("last", "best")
 # Fields that may change between a run and its resumption without changing what is trained:
 # where it is written, how far it goes, how evaluation is batched and where the cache lives.
 _RESUMABLE_CHANGES = ("out_dir", "epochs", "eval_batch_size")
+_ADDED_LATER = ("mixed_precision", "jit_compile")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,12 @@ class CellConfig:
             ``"best"`` validation epoch's. Defaults to `"last"`, as a plain Keras run gives.
         deterministic: Switch on the backend's deterministic kernels (slower on GPU).
             Defaults to `True`.
+        mixed_precision: Compute in float16 with float32 weights and a float32 sigmoid head,
+            the loss scaled by Keras; faster on GPUs, but results differ from float32 ones.
+            Defaults to `False`, as in the paper.
+        jit_compile: Compile the training and prediction steps with XLA: ``"auto"`` (Keras's
+            choice: on under JAX, on under TensorFlow only with a GPU and without
+            ``deterministic``), ``True`` or ``False``. Defaults to `"auto"`.
     """
 
     data: DataConfig
@@ -60,6 +67,8 @@ class CellConfig:
     model: str = "inception_v3"
     test_weights: str = "last"
     deterministic: bool = True
+    mixed_precision: bool = False
+    jit_compile: bool | str = "auto"
 
     def __post_init__(self) -> None:
         lr = self.learning_rate
@@ -88,6 +97,14 @@ class CellConfig:
             )
         if not isinstance(self.deterministic, bool):
             raise InputError(f"deterministic must be true or false; got {self.deterministic!r}")
+        if not isinstance(self.mixed_precision, bool):
+            raise InputError(
+                f"mixed_precision must be true or false; got {self.mixed_precision!r}"
+            )
+        if self.jit_compile != "auto" and not isinstance(self.jit_compile, bool):
+            raise InputError(
+                f'jit_compile must be "auto", true or false; got {self.jit_compile!r}'
+            )
         if not self.out_dir:
             raise InputError("out_dir (--out) must name a folder; got an empty value")
 
@@ -111,6 +128,11 @@ class CellConfig:
         values = self.to_dict()
         for name in _RESUMABLE_CHANGES:
             values.pop(name)
+        # Keys added after checkpoints were first written count only when set, so that those
+        # checkpoints still resume.
+        for field in dataclasses.fields(self):
+            if field.name in _ADDED_LATER and values[field.name] == field.default:
+                values.pop(field.name)
         values["data"].pop("cache_dir", None)
         return values
 

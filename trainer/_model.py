@@ -27,7 +27,14 @@ _REACH_TIMEOUT_S = 5.0
 
 
 def build_model(
-    model: str, image_size: int, weights: str, *, optimizer: str, learning_rate: float
+    model: str,
+    image_size: int,
+    weights: str,
+    *,
+    optimizer: str,
+    learning_rate: float,
+    mixed_precision: bool = False,
+    jit_compile: bool | str = "auto",
 ) -> keras.Model:
     """Build and compile the network of one cell.
 
@@ -46,21 +53,37 @@ def build_model(
             saved with ``base.save_weights`` from the same base (see ``build_base``).
         optimizer: ``"adam"``, ``"sgd"`` or ``"rmsprop"``.
         learning_rate: The optimizer's learning rate.
+        mixed_precision: Build under Keras's ``mixed_float16`` policy (float16 compute,
+            float32 weights) with the sigmoid head in float32, so probabilities and the loss
+            keep float32's range; Keras then wraps the optimizer in a ``LossScaleOptimizer``.
+            Defaults to `False`.
+        jit_compile: Passed to ``model.compile``: ``"auto"``, ``True`` or ``False``. Keras
+            turns ``True`` into ``False`` (with a warning) where the model cannot be compiled,
+            e.g. under TensorFlow with op determinism on. Defaults to `"auto"`.
     """
     import keras
 
     if weights == "imagenet":
         check_imagenet_reachable()
-    base = build_base(model, image_size, weights)
-    inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name="image")
-    x = keras.layers.Rescaling(scale=1.0 / 127.5, offset=-1.0, name="inception_scaling")(inputs)
-    x = base(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="pneumonia")(x)
-    network = keras.Model(inputs, outputs, name=f"{model}_cell")
+    # The policy is global in Keras; it applies to the layers built here, then is put back.
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16" if mixed_precision else "float32")
+    try:
+        base = build_base(model, image_size, weights)
+        inputs = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name="image")
+        x = keras.layers.Rescaling(scale=1.0 / 127.5, offset=-1.0, name="inception_scaling")(
+            inputs
+        )
+        x = base(x)
+        outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="pneumonia")(x)
+        network = keras.Model(inputs, outputs, name=f"{model}_cell")
+    finally:
+        keras.config.set_dtype_policy(previous)
     network.compile(
         optimizer=_optimizer(optimizer, learning_rate),
         loss="binary_crossentropy",
         metrics=["accuracy"],
+        jit_compile=jit_compile,
     )
     return network
 

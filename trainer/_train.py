@@ -140,6 +140,7 @@ def train_cell(
     # Keras (seconds to import) loads only now, so the checks above answer at once.
     from trainer._feed import BatchFeed
 
+    _share_gpu_memory()
     seed_and_determinism(config.seed, config.deterministic)
     model = build_model(
         config.model,
@@ -147,7 +148,15 @@ def train_cell(
         config.weights,
         optimizer=config.optimizer,
         learning_rate=config.learning_rate,
+        mixed_precision=config.mixed_precision,
+        jit_compile=config.jit_compile,
     )
+    if config.jit_compile is True and not model.jit_compile:
+        _logger.warning(
+            "cell %s: jit_compile true was turned off by Keras (TensorFlow's op determinism "
+            "excludes XLA); set deterministic false to compile",
+            _cell_name(config),
+        )
     state: dict[str, Any] = {
         "resume_key": config.resume_key(),
         "fingerprint": dataset.fingerprint,
@@ -180,9 +189,16 @@ def train_cell(
         diverged_epoch=state["diverged_epoch"],
         predictions_path=str(predictions_path),
         checkpoint_path=str(checkpoint_path),
-        environment=environment_record(
-            seed=config.seed, fingerprint=dataset.fingerprint, deterministic=config.deterministic
-        ),
+        environment={
+            **environment_record(
+                seed=config.seed,
+                fingerprint=dataset.fingerprint,
+                deterministic=config.deterministic,
+            ),
+            # What the backend really ran: Keras may turn jit_compile off.
+            "jit_compile": bool(model.jit_compile),
+            "dtype_policy": model.get_layer(config.model).dtype_policy.name,
+        },
         seconds=time.perf_counter() - started,
     )
     _write_atomic(out / RESULT_FILE, json.dumps(result.to_dict(), indent=2, allow_nan=False))
@@ -232,7 +248,12 @@ def _run_epochs(
             _cell_name(config), epoch, config.epochs, loss, accuracy, row["val_loss"],
             row["val_accuracy"], " (diverged)" if state["diverged"] else "",
         )  # fmt: skip
-        if hook is not None and hook(epoch, {**row, "diverged": state["diverged"]}):
+        if hook is None:
+            continue
+        # The hook reports the epoch as done (the study records it): it must be on disk first,
+        # or a kill right after the report would lose two epochs instead of one.
+        writer.wait()
+        if hook(epoch, {**row, "diverged": state["diverged"]}):
             _logger.info("cell %s: stopped by the hook after epoch %d", _cell_name(config), epoch)
             return
 
@@ -261,6 +282,27 @@ def _resumable(
             f"{', '.join(differ)}); use the same settings or another --out"
         )
     return previous
+
+
+def _share_gpu_memory() -> None:
+    """Under TensorFlow, take GPU memory as needed rather than all of it at start.
+
+    Several workers then fit on one GPU, and ``nvidia-smi`` shows what each really uses. It
+    works only before TensorFlow first touches the GPU; later (the next cell of a worker) the
+    setting made then stays. JAX reads its memory settings from the environment at start,
+    which ``lrstudy launch`` sets per worker.
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # the GPU is initialised already; its first setting holds
+            return
 
 
 def seed_and_determinism(seed: int, deterministic: bool) -> None:

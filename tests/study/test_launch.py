@@ -14,7 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from study._launch import Slot, find_gpus, launch, parse_smi_indices, plan_slots
+from study._launch import (
+    LAUNCHER_ENV,
+    GpuSample,
+    Slot,
+    UsageWatch,
+    find_gpus,
+    launch,
+    parse_smi_indices,
+    parse_smi_usage,
+    plan_slots,
+    underuse_advice,
+)
 from trainer import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,6 +119,135 @@ def test_workers_run_with_their_gpu_and_their_output_prefixed() -> None:
         ("w2 gpu1", 0, 0),
         ("w3 cpu", 0, 0),
     ]
+
+
+MEMORY_KEYS = (
+    "TF_FORCE_GPU_ALLOW_GROWTH",
+    "XLA_PYTHON_CLIENT_PREALLOCATE",
+    "XLA_PYTHON_CLIENT_MEM_FRACTION",
+    "TF_CPP_MIN_LOG_LEVEL",
+)
+
+
+def _environments(slots: list[Slot], base: dict[str, str]) -> dict[str, dict]:
+    """What each worker process really saw of MEMORY_KEYS, by slot label."""
+    out = io.StringIO()
+    code = f"""
+        import json, os
+        print("ENV", json.dumps({{k: os.environ.get(k) for k in {MEMORY_KEYS!r}}}))
+    """
+    assert launch(slots, lambda slot: python(code), env=base, out=out).clean
+    seen = {}
+    for line in out.getvalue().splitlines():
+        label, _, rest = line.partition("] ENV ")
+        if rest:
+            seen[label.lstrip("[")] = json.loads(rest)
+    return seen
+
+
+def test_workers_sharing_a_gpu_get_a_memory_share_and_quiet_tensorflow() -> None:
+    base = {"PATH": os.environ["PATH"]}
+    slots = [*plan_slots(gpus="0", per_gpu=4, available=gpus("0")), Slot(5)]
+    seen = _environments(slots, base)
+    for label in ("w1 gpu0", "w2 gpu0", "w3 gpu0", "w4 gpu0"):
+        assert seen[label] == {
+            "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+            "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+            "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.212",  # 0.85 of the memory, shared by 4
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+    assert seen["w5 cpu"] == {
+        "TF_FORCE_GPU_ALLOW_GROWTH": None,
+        "XLA_PYTHON_CLIENT_PREALLOCATE": None,
+        "XLA_PYTHON_CLIENT_MEM_FRACTION": None,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+
+
+def test_a_gpu_of_its_own_grows_memory_uncapped_and_user_settings_win() -> None:
+    base = {"PATH": os.environ["PATH"], "TF_CPP_MIN_LOG_LEVEL": "0"}
+    seen = _environments(plan_slots(gpus="0", available=gpus("0")), base)
+    assert seen["w1 gpu0"] == {
+        "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+        "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+        "XLA_PYTHON_CLIENT_MEM_FRACTION": None,
+        "TF_CPP_MIN_LOG_LEVEL": "0",
+    }
+    base["XLA_PYTHON_CLIENT_MEM_FRACTION"] = "0.3"
+    seen = _environments(plan_slots(gpus="0", per_gpu=2, available=gpus("0")), base)
+    assert seen["w2 gpu0"]["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.3"
+
+
+SMI_USAGE = """\
+0, 31, 5120, 81559
+1, 97, 70000, 81559
+2, [N/A], 100, 81559
+"""
+
+
+def test_nvidia_smi_usage_is_parsed_and_unreadable_lines_skipped() -> None:
+    assert parse_smi_usage(SMI_USAGE) == [
+        GpuSample("0", 31.0, 5120.0, 81559.0),
+        GpuSample("1", 97.0, 70000.0, 81559.0),
+    ]
+    assert parse_smi_usage("No devices were found\n") == []
+
+
+def test_advice_only_for_an_idle_gpu_with_memory_to_spare() -> None:
+    samples = [
+        GpuSample("0", 30.0, 6000.0, 80000.0),
+        GpuSample("0", 50.0, 8000.0, 80000.0),
+        GpuSample("1", 40.0, 50000.0, 80000.0),  # idle, but twice its memory does not fit
+        GpuSample("2", 75.0, 4000.0, 80000.0),  # busy enough
+    ]
+    workers = {"0": 2, "1": 1, "2": 1, "3": 1}  # GPU 3 gave no sample: no advice either
+    assert underuse_advice(samples, workers) == [
+        "GPU 0 averaged 40% busy with 2 workers; try --per-gpu 4"
+    ]
+    assert underuse_advice(samples, {"0": 1}) == [
+        "GPU 0 averaged 40% busy with 1 worker; try --per-gpu 2"
+    ]
+    assert underuse_advice(samples[:2], {"1": 1}) == []
+
+
+def test_launch_samples_nvidia_smi_and_logs_its_advice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = tmp_path / "calls"
+    smi = tmp_path / "bin" / "nvidia-smi"  # a stand-in that answers as a mostly idle GPU would
+    smi.parent.mkdir()
+    smi.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\necho '0, 22, 3000, 81559'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{smi.parent}{os.pathsep}{os.environ['PATH']}")
+    slots = plan_slots(gpus="0", per_gpu=2, available=gpus("0"))
+    watch = UsageWatch(sample_s=0.1, warmup_s=0.2, window_s=0.6)
+    with caplog.at_level("INFO", logger="study._launch"):
+        summary = launch(
+            slots, lambda slot: python("import time; time.sleep(3)"), usage_watch=watch,
+            out=io.StringIO(),
+        )  # fmt: skip
+    advice = "GPU 0 averaged 22% busy with 2 workers; try --per-gpu 4"
+    assert summary.advice == (advice,)
+    assert advice in caplog.messages
+    queries = calls.read_text().splitlines()
+    assert len(queries) >= 3
+    assert queries[0] == (
+        "--query-gpu=index,utilization.gpu,memory.used,memory.total --format=csv,noheader,nounits"
+    )
+
+
+def test_no_advice_when_the_workers_end_before_the_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho '0, 5, 3000, 81559'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    watch = UsageWatch(sample_s=0.1, warmup_s=0.0, window_s=30.0)
+    summary = launch(
+        [Slot(1, "0")], lambda slot: python("pass"), usage_watch=watch, out=io.StringIO()
+    )
+    assert summary.clean and summary.advice == ()
 
 
 def test_a_dying_worker_is_restarted_a_bounded_number_of_times(tmp_path: Path) -> None:
@@ -247,3 +387,38 @@ def test_a_worker_killed_from_outside_is_restarted(tmp_path: Path) -> None:
     assert summary["signal"] is None
     assert sorted(summary["outcomes"]) == [[0, 0], [0, 1]]
     assert sum("second life" in line for line in lines) == 2
+
+
+def test_a_worker_ends_when_its_launcher_is_killed(tmp_path: Path) -> None:
+    # The launcher stand-in starts one worker that follows it, then waits; SIGKILL on the
+    # launcher must end the worker too (its trial would otherwise stay RUNNING).
+    pid_file = tmp_path / "worker.pid"
+    worker = (
+        "import os, time; from study._launch import follow_launcher; follow_launcher(); "
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    )
+    launcher = (
+        "import os, subprocess, sys, time; "
+        f"env = dict(os.environ, {LAUNCHER_ENV}=str(os.getpid())); "
+        f"subprocess.Popen([sys.executable, '-c', {worker!r}], env=env, start_new_session=True); "
+        "time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", launcher])
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the worker did not start"
+        time.sleep(0.1)
+    worker_pid = int(pid_file.read_text())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{worker_pid}").exists() and "Z" not in _proc_state(worker_pid):
+        assert time.monotonic() < deadline, "the worker outlived its launcher"
+        time.sleep(0.1)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "gone"

@@ -159,7 +159,7 @@ def test_overrides_apply_and_are_validated() -> None:
         load_preset("paper", ["train.epochs=ten"])
     with pytest.raises(InputError, match=r"unknown key train\.lr"):
         load_preset("paper", ["train.lr=0.1"])
-    with pytest.raises(InputError, match=r"--preset must be one of paper; got 'fast'"):
+    with pytest.raises(InputError, match=r"--preset must be one of paper, quick; got 'fast'"):
         load_preset("fast")
 
 
@@ -219,3 +219,40 @@ def test_relative_locations_are_made_absolute(tmp_path: Path, monkeypatch) -> No
     assert spec.data.root == str(tmp_path / "images")
     assert spec.study.artifacts == str(tmp_path / "art")
     assert spec.data.cache_dir is None
+
+
+def test_speed_levers_default_to_the_paper_and_are_checked() -> None:
+    spec = load_preset("paper")
+    assert (spec.train.mixed_precision, spec.train.jit_compile) == (False, "auto")
+    spec = load_preset("paper", ["train.mixed_precision=true", "train.jit_compile=false"])
+    assert (spec.train.mixed_precision, spec.train.jit_compile) == (True, False)
+    with pytest.raises(InputError, match=r"train\.mixed_precision must be true or false; got 1"):
+        load_preset("paper", ["train.mixed_precision=1"])
+    with pytest.raises(InputError, match=r'train\.jit_compile must be "auto", true or false'):
+        load_preset("paper", ["train.jit_compile=xla"])
+    with pytest.raises(InputError, match=r"train\.jit_compile must be .*got 1"):
+        load_preset("paper", ["train.jit_compile=1"])
+
+
+def test_levers_at_their_defaults_keep_the_fingerprint_of_studies_stored_before_them() -> None:
+    paper = load_preset("paper")
+    stored = paper.to_dict()
+    for key in ("mixed_precision", "jit_compile"):  # a spec stored before the levers existed
+        del stored["train"][key]
+    old = spec_from_mapping(stored)
+    assert old == paper and old.fingerprint() == paper.fingerprint()
+    explicit = ["train.mixed_precision=false", 'train.jit_compile="auto"']
+    assert load_preset("paper", explicit).fingerprint() == paper.fingerprint()
+    changed = {
+        load_preset("paper", [override]).fingerprint()
+        for override in ("train.mixed_precision=true", "train.jit_compile=true")
+    }
+    assert paper.fingerprint() not in changed and len(changed) == 2
+
+
+def test_mixed_precision_is_a_grid_axis_and_jit_compile_is_not() -> None:
+    spec = load_preset("paper", ["grid.mixed_precision=[false, true]", "grid.seed=[0]"])
+    assert len(spec.cells()) == 8
+    assert {"learning_rate": 0.1, "seed": 0, "mixed_precision": True} in spec.cells()
+    with pytest.raises(InputError, match=r"unknown key grid\.jit_compile"):
+        load_preset("paper", ["grid.jit_compile=[true, false]"])
