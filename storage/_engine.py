@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -78,6 +79,7 @@ def open_storage(
     heartbeat_s: int | None = None,
     grace_s: int | None = None,
     max_retries: int | None = None,
+    existing: bool = False,
 ) -> optuna.storages.RDBStorage:
     """Open the study database at ``url``, creating Optuna's tables on first use.
 
@@ -98,11 +100,16 @@ def open_storage(
         grace_s: Seconds without a heartbeat before a running trial counts as dead. Defaults to
             `None` (twice ``heartbeat_s``).
         max_retries: Retries of a cell whose worker died. Defaults to `None` (2).
+        existing: Refuse an SQLite file that does not exist yet, instead of creating it: the
+            commands that only read or join a study must not leave an empty database behind
+            a mistyped path. Defaults to `False`.
 
     Raises:
         StorageError: one line, password masked, saying what to check.
     """
     parsed = parse_url(url)
+    if existing and parsed.dialect == "sqlite":
+        _check_sqlite_exists(url)
     _check_positive("heartbeat_s", heartbeat_s)
     _check_positive("grace_s", grace_s)
     if heartbeat_s is not None and grace_s is not None and grace_s <= heartbeat_s:
@@ -137,6 +144,15 @@ def open_storage(
                 raise
             raise _storage_error(parsed, url, e) from None
     raise AssertionError("unreachable")
+
+
+def _check_sqlite_exists(url: str) -> None:
+    database = sqlalchemy.engine.make_url(url.strip()).database or ""
+    if not Path(database).is_file():
+        raise StorageError(
+            f"storage URL {mask_url(url)!r} names no existing database file; check the path, "
+            "or create the study first with `lrstudy create`"
+        )
 
 
 def _check_positive(name: str, value: int | None) -> None:

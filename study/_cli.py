@@ -7,6 +7,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from storage import StorageError
 from trainer import InputError
@@ -23,8 +24,15 @@ _COMMAND_MODULES = (
 _logger = logging.getLogger(__name__)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, as every other error a user can cause; sub-parsers inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"lrstudy: error: {message}. See `{self.prog} --help`.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lrstudy",
         description="Learning-rate studies of Inception V3 on chest X-rays, run with Optuna.",
     )

@@ -59,19 +59,22 @@ def _export(args: argparse.Namespace) -> int:
     from study._export import collect, render, write_export
     from study._grid import load_grid_study
 
-    results = collect(load_grid_study(open_storage(_storage_url(args.storage)), args.study))
+    url = _storage_url(args.storage)
+    results = collect(load_grid_study(open_storage(url, existing=True), args.study))
+    if args.out is None:
+        sys.stdout.write(render(results, args.format))
+        notes: list[str] = []
+    else:
+        written, notes = write_export(results, args.out)
+        for path in written:
+            print(path)
+    # After the output: a refused --out ends in its one error line, with nothing said before.
     if results.missing:
         print(
             f"lrstudy: {results.complete} of {results.cells} cells complete; missing: "
             + ", ".join(f"{m['cell']} ({m['state']})" for m in results.missing),
             file=sys.stderr,
         )
-    if args.out is None:
-        sys.stdout.write(render(results, args.format))
-        return 0
-    written, notes = write_export(results, args.out)
-    for path in written:
-        print(path)
     for note in notes:
         print(f"lrstudy: note: {note}", file=sys.stderr)
     return 0
@@ -82,6 +85,6 @@ def _dashboard(args: argparse.Namespace) -> int:
     from study._cmd_study import _storage_url
     from study._dashboard import serve
 
-    storage = open_storage(_storage_url(args.storage))
+    storage = open_storage(_storage_url(args.storage), existing=True)
     serve(storage, host=args.host, port=args.port, artifacts=args.artifacts)
     return 0

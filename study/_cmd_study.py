@@ -39,9 +39,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = spec_options.add_mutually_exclusive_group()
     source.add_argument("--spec", metavar="FILE", help="A study spec (TOML), see `lrstudy init`.")
     source.add_argument(
-        "--preset", metavar="NAME", help="A built-in spec: paper (the default without --spec)."
+        "--preset",
+        metavar="NAME",
+        help="A built-in spec: paper (the default without --spec), or quick (a CPU smoke run).",
     )
-    spec_options.add_argument("--data", metavar="DIR", help="The dataset folder (data.root).")
+    spec_options.add_argument(
+        "--data",
+        metavar="DIR",
+        help="The dataset folder (data.root), or kaggle for the download of `lrstudy data fetch`.",
+    )
     spec_options.add_argument(
         "--storage", metavar="URL", help="Study database; overrides study.storage."
     )
@@ -63,7 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     location_options = argparse.ArgumentParser(add_help=False)
     location_options.add_argument(
-        "--data", metavar="DIR", help="This machine's dataset folder, if not the stored one."
+        "--data",
+        metavar="DIR",
+        help="This machine's dataset folder (or kaggle), if not the stored one.",
     )
     location_options.add_argument(
         "--cache-dir", metavar="DIR", help="This machine's image cache folder."
@@ -91,9 +99,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
 
     init = subparsers.add_parser(
-        "init", help="Write the paper's study spec as a commented TOML file."
+        "init", help="Write a built-in study spec (paper or quick) as a commented TOML file."
     )
     init.add_argument("file", nargs="?", default="lrstudy.toml", metavar="FILE")
+    init.add_argument(
+        "--preset", default="paper", metavar="NAME", help="paper (default) or quick."
+    )
     init.add_argument("--force", action="store_true", help="Overwrite an existing file.")
     init.set_defaults(handler=_init)
 
@@ -137,15 +148,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from study._presets import PAPER_TOML
+    from study._presets import preset_toml
 
+    text = preset_toml(args.preset)
     path = Path(args.file)
     if path.exists() and not args.force:
         raise InputError(
             f"FILE {str(path)!r} already exists; pass --force to overwrite it, or another FILE."
         )
     try:
-        path.write_text(PAPER_TOML, encoding="utf-8")
+        path.write_text(text, encoding="utf-8")
     except OSError as error:
         raise InputError(f"FILE {str(path)!r} cannot be written: {error.strerror}.") from None
     print(f"wrote {path}; next: lrstudy run --spec {path} --data DIR")
@@ -176,6 +188,9 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from study._launch import follow_launcher
+
+    follow_launcher()
     url = _storage_url(args.storage)
     if args.backend:
         os.environ["KERAS_BACKEND"] = args.backend  # before anything imports Keras
@@ -186,9 +201,9 @@ def _worker(args: argparse.Namespace) -> int:
     from study._spec import spec_from_study
     from study._worker import run_worker
 
-    spec = spec_from_study(load_grid_study(open_storage(url), args.study), url)
+    spec = spec_from_study(load_grid_study(open_storage(url, existing=True), args.study), url)
     spec = spec.with_locations(
-        data_root=_absolute(args.data),
+        data_root=_absolute(_data_folder(args.data)),
         cache_dir=_absolute(args.cache_dir),
         artifacts=_absolute(args.artifacts),
     )
@@ -236,11 +251,15 @@ def _launch(args: argparse.Namespace) -> int:
             "Example: lrstudy launch --storage URL --study NAME --gpus all."
         )
     url = _storage_url(args.storage)
-    study = load_grid_study(open_storage(url), args.study)
+    study = load_grid_study(open_storage(url, existing=True), args.study)
     slots = plan_slots(gpus=args.gpus, workers=args.workers, per_gpu=args.per_gpu)
     if _all_complete(study):
         return _finish(study, None)
-    locations = {"--data": args.data, "--cache-dir": args.cache_dir, "--artifacts": args.artifacts}
+    locations = {
+        "--data": _data_folder(args.data),
+        "--cache-dir": args.cache_dir,
+        "--artifacts": args.artifacts,
+    }
     summary = _supervise(study, url, slots, args, locations)
     return _finish(study, summary)
 
@@ -248,9 +267,11 @@ def _launch(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     _quiet_optuna()
     from study._launch import plan_slots
+    from study._presets import QUICK_NOTE
 
     spec = _spec_of(args)
     slots = plan_slots(gpus=args.gpus, workers=args.workers, per_gpu=args.per_gpu)
+    _check_imagenet(spec)
     study, created = _create_study(spec)
     _logger.info(
         "%s study %r: %d cells",
@@ -258,15 +279,20 @@ def _run(args: argparse.Namespace) -> int:
         spec.study.name,
         len(spec.cells()),
     )
-    if _all_complete(study):
-        return _finish(study, None)
-    locations = {
-        "--data": spec.data.root,
-        "--cache-dir": spec.data.cache_dir,
-        "--artifacts": spec.study.artifacts,
-    }
-    summary = _supervise(study, spec.study.storage, slots, args, locations)
-    return _finish(study, summary)
+    if args.preset == "quick":
+        _logger.warning("%s", QUICK_NOTE)
+    summary = None
+    if not _all_complete(study):
+        locations = {
+            "--data": spec.data.root,
+            "--cache-dir": spec.data.cache_dir,
+            "--artifacts": spec.study.artifacts,
+        }
+        summary = _supervise(study, spec.study.storage, slots, args, locations)
+    code = _finish(study, summary)
+    if args.preset == "quick":
+        print(f"\n{QUICK_NOTE}")
+    return code
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -274,7 +300,7 @@ def _status(args: argparse.Namespace) -> int:
     from storage import open_storage
     from study._grid import load_grid_study
 
-    study = load_grid_study(open_storage(_storage_url(args.storage)), args.study)
+    study = load_grid_study(open_storage(_storage_url(args.storage), existing=True), args.study)
     print(_status_table(study))
     return 0
 
@@ -300,7 +326,8 @@ def _spec_of(args: argparse.Namespace) -> StudySpec:
         spec = load_spec(args.spec, args.overrides)
     else:
         spec = load_preset(args.preset or "paper", args.overrides)
-    spec = spec.with_locations(storage=args.storage, data_root=args.data).resolved()
+    root = _data_folder(args.data or spec.data.root)
+    spec = spec.with_locations(storage=args.storage, data_root=root).resolved()
     if spec.data.root is None:
         raise InputError(
             "data.root is not set: the study needs the dataset folder. "
@@ -313,6 +340,20 @@ def _spec_of(args: argparse.Namespace) -> StudySpec:
         )
     check_cells(spec)
     return spec
+
+
+def _check_imagenet(spec: StudySpec) -> None:
+    """Unreachable ImageNet weights would fail every cell here until its retries are spent,
+    leaving the study failed for good; say so once, before anything is created."""
+    from trainer._model import check_imagenet_reachable
+
+    if spec.train.weights == "imagenet" or "imagenet" in spec.grid.get("weights", ()):
+        try:
+            check_imagenet_reachable()
+        except InputError as error:
+            raise InputError(
+                f"{error}; in a study that is --set train.weights=none or =PATH"
+            ) from None
 
 
 def _create_study(spec: StudySpec) -> tuple[optuna.Study, bool]:
@@ -340,6 +381,13 @@ def _storage_url(flag: str | None) -> str:
             "pass --storage URL, e.g. --storage sqlite:///lrstudy.db."
         )
     return url
+
+
+def _data_folder(value: str | None) -> str | None:
+    """A --data value or data.root with ``kaggle`` made the downloaded dataset's folder."""
+    from study._fetch import resolve_data
+
+    return None if value is None else resolve_data(value)
 
 
 def _absolute(path: str | None) -> str | None:

@@ -219,15 +219,21 @@ def write_export(results: StudyResults, out_dir: str | Path) -> tuple[list[Path]
             f"--out {str(out)!r} cannot be made a folder ({error.strerror}); "
             "pass a folder path you can write to"
         ) from None
-    figures, notes = write_figures(results, out)
-    written = []
-    for name, text in (
-        ("trials.csv", to_csv(results)),
-        ("summary.json", to_json(results)),
-        ("summary.md", to_markdown(results, figures, notes)),
-    ):
-        (out / name).write_text(text, encoding="utf-8")
-        written.append(out / name)
+    try:
+        figures, notes = write_figures(results, out)
+        written = []
+        for name, text in (
+            ("trials.csv", to_csv(results)),
+            ("summary.json", to_json(results)),
+            ("summary.md", to_markdown(results, figures, notes)),
+        ):
+            (out / name).write_text(text, encoding="utf-8")
+            written.append(out / name)
+    except OSError as error:
+        raise InputError(
+            f"--out {str(out)!r} cannot be written to ({error.strerror or error}); "
+            "pass a folder you can write to, with free space"
+        ) from None
     return written + figures, notes
 
 

@@ -22,7 +22,7 @@ from types import FrameType
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from storage import INTERRUPTED, call_reconnecting, requeue_cell
+from storage import INTERRUPTED, call_reconnecting, is_connection_error, requeue_cell
 from study._grid import cell_key
 from study._heartbeat import heartbeat
 from trainer import InputError
@@ -283,8 +283,14 @@ def _check_value(value: object) -> float:
 
 
 def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or "(no message)"
-    line = f"{type(error).__name__}: {text}"
+    if is_connection_error(error) and error.__cause__ is not None:
+        # Optuna words every failed commit as "invalid data"; a lost server is no such thing.
+        cause = error.__cause__
+        text = " ".join(str(cause).split()) or type(cause).__name__
+        line = f"database connection lost: {type(cause).__name__}: {text}"
+    else:
+        text = " ".join(str(error).split()) or "(no message)"
+        line = f"{type(error).__name__}: {text}"
     return line if len(line) <= _ERROR_CHARS else line[: _ERROR_CHARS - 3] + "..."
 
 

@@ -118,16 +118,48 @@ def open_pool_cache(
 def _read_index(
     index_path: str, npy: str, key: str, paths: tuple[str, ...], image_size: int
 ) -> dict | None:
-    """The index of a complete cache for exactly these files, or None."""
+    """The index of a complete, intact cache for exactly these files, or None.
+
+    A cache whose array was cut short or altered on disk (its SHA-256 no longer matches the
+    index) is logged and treated as absent, so that it is rebuilt rather than trained on.
+    """
     try:
         with open(index_path, encoding="utf-8") as file:
             index = json.load(file)
-        shape = np.load(npy, mmap_mode="r").shape
     except (OSError, ValueError):
         return None
     if index.get("key") != key or tuple(index.get("paths", ())) != paths:
         return None
-    return index if shape == (len(paths), image_size, image_size, 3) else None
+    try:
+        shape = np.load(npy, mmap_mode="r").shape
+        intact = shape == (len(paths), image_size, image_size, 3) and _verified(
+            npy, index.get("sha256")
+        )
+    except (OSError, ValueError) as error:
+        intact, shape = False, f"unreadable ({error})"
+    if not intact:
+        _logger.warning(
+            "image cache %s is damaged (shape %s or checksum wrong); rebuilding it", npy, shape
+        )
+        return None
+    return index
+
+
+# Files this process has checked: (path, inode, size, mtime) -> digest; each is read once.
+_VERIFIED: dict[tuple[str, int, int, int], str] = {}
+
+
+def _verified(npy: str, expected: str | None) -> bool:
+    stat = os.stat(npy)
+    identity = (os.path.abspath(npy), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if identity not in _VERIFIED:
+        _VERIFIED[identity] = _file_sha256(npy)
+    return expected is not None and _VERIFIED[identity] == expected
+
+
+def _file_sha256(path: str) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _build(
@@ -162,6 +194,8 @@ def _build(
             "seconds": round(seconds, 3),
             "images_per_second": round(len(paths) / max(seconds, 1e-9), 1),
             "built_by": f"{socket.gethostname()}:{os.getpid()}",
+            # Of the finished array: a reader detects a file cut short or altered since.
+            "sha256": _file_sha256(temporary),
         }
         os.replace(temporary, npy)
         # The index goes last: its presence marks the array as complete.

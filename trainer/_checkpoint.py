@@ -145,16 +145,23 @@ def _owned_copy(variable: keras.Variable) -> np.ndarray:
 
 def _write(target: Path, entries: dict[str, np.ndarray]) -> None:
     entries = {**entries, "checksum": np.frombuffer(_digest(entries).encode(), dtype=np.uint8)}
-    target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        with open(temporary, "wb") as file:
-            np.savez(file, **entries)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(temporary, "wb") as file:
+                np.savez(file, **entries)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+    except OSError as error:
+        # np.savez writes to a file object, so its errors name no file (a full disk says only
+        # "No space left on device"); the trial's error must say which file failed.
+        raise OSError(
+            error.errno, f"cannot write checkpoint {target}: {error.strerror or error}"
+        ) from error
     _sync_directory(target.parent)
 
 

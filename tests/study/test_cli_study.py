@@ -129,7 +129,7 @@ def test_init_writes_the_paper_spec_once(tmp_path: Path) -> None:
         (["create", "--set", "train.epoch=2"], "unknown key train.epoch; allowed keys"),
         (["create", "--set", "epochs=2"], "--set expects section.key=VALUE; got 'epochs=2'"),
         (["create", "--spec", "missing.toml"], "--spec file 'missing.toml' does not exist"),
-        (["create", "--preset", "fast"], "--preset must be one of paper; got 'fast'"),
+        (["create", "--preset", "fast"], "--preset must be one of paper, quick; got 'fast'"),
         (
             ["create", "--set", "grid.image_size=[16]"],
             "cell image_size=16__learning_rate=0.1__seed=0: image_size",
@@ -155,7 +155,7 @@ def test_bad_values_end_in_one_line_and_exit_2(
     [
         (["create", "--storage", "sqlite:///{tmp}/db.sqlite"], "data.root is not set"),
         (["create", "--data", "{tmp}/nothing"], "is not a folder"),
-        (["status", "--storage", "sqlite:///{tmp}/db.sqlite", "--study", "nope"], "'nope'"),
+        (["status", "--storage", "sqlite:///{tmp}/db.sqlite", "--study", "nope"], "no existing"),
         (["worker", "--study", "quick"], "--storage is missing and $LRSTUDY_STORAGE"),
         (["launch", "--storage", "sqlite:///{tmp}/x.db", "--study", "q"], "launch needs --gpus"),
         (["create", "--storage", "mysql://me:s3cret@db/x", "--data", "{tmp}"], "mysql"),
