@@ -180,7 +180,7 @@ def _is_creation_race(error: BaseException) -> bool:
 
 _HINTS = (
     ("password authentication failed", "check the user name and password"),
-    ("no password supplied", "put the password in the URL: postgresql://USER:PASSWORD@HOST/DB"),
+    ("no password supplied", "set PGPASSWORD or ~/.pgpass (keep it out of the URL)"),
     ("does not exist", "check the database and user names, or create the database (createdb)"),
     ("connection refused", "check that the server runs and that host and port are right"),
     ("timeout", "check that the server runs and that host and port are right"),

@@ -12,9 +12,10 @@ _FORMS = "sqlite:///PATH.db or postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
 _POSTGRES_NAMES = ("postgresql", "postgres", "postgresql+psycopg")
 _SQLITE_NAMES = ("sqlite", "sqlite+pysqlite")
 
-# The password sits between "user:" and the last "@" of the authority part; a password given as
-# a query parameter ("?password=...", accepted by libpq) is masked as well.
-_USERINFO_PASSWORD = re.compile(r"(://[^:/?#@]*:)[^/?#]*(@)")
+# The password starts after "user:" and may hold "/", "?" or "#" (SQLAlchemy accepts them), so
+# everything up to the last "@" is masked: masking too much is safe, too little is a leak. A
+# password given as a query parameter ("?password=...", accepted by libpq) is masked as well.
+_USERINFO_PASSWORD = re.compile(r"(://[^:/?#@]*:).*(@)")
 _QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
 
 

@@ -22,6 +22,10 @@ from storage import StorageError, mask_url, open_storage
         ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
         ("not a url :: at all", "not a url :: at all"),
         ("://:s3cret@", "://:***@"),
+        # SQLAlchemy takes "/", "?" and "#" as part of a password.
+        ("postgresql://ana:pa/ss@db/lr", "postgresql://ana:***@db/lr"),
+        ("postgresql://ana:pa?ss@db:5432/lr", "postgresql://ana:***@db:5432/lr"),
+        ("postgresql://ana:pa#ss@db/lr", "postgresql://ana:***@db/lr"),
     ],
 )
 def test_mask_url_hides_passwords_and_keeps_the_rest(url: str, masked: str) -> None:
