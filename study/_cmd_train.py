@@ -6,6 +6,9 @@ import argparse
 import math
 from typing import TYPE_CHECKING, Any
 
+from study._cmd_data import add_data_arguments, data_config
+from trainer import TEST_METRICS
+
 if TYPE_CHECKING:
     from trainer._train import CellResult
 
@@ -20,11 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--out; --resume continues an interrupted cell from its last checkpoint."
         ),
     )
-    parser.add_argument(
-        "data",
-        metavar="DATA",
-        help="Dataset folder (Kaggle or flat layout), or kaggle for the `lrstudy data fetch` one.",
-    )
+    add_data_arguments(parser)
     parser.add_argument("--lr", type=float, required=True, help="Learning rate, e.g. 0.001.")
     parser.add_argument("--seed", type=int, required=True, help="Seed of init and batch order.")
     parser.add_argument("--epochs", type=int, default=60, help="Epochs (default 60).")
@@ -44,15 +43,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model", default="inception_v3", help="inception_v3 (default) or small_cnn."
     )
     parser.add_argument("--optimizer", default="adam", help="adam (default), sgd or rmsprop.")
-    parser.add_argument("--split", default="paper", help="paper (default), kaggle or ratios.")
-    parser.add_argument(
-        "--ratios", default="0.7,0.15,0.15", help="train,val,test shares for --split ratios."
-    )
-    parser.add_argument("--split-seed", type=int, default=0, help="Seed of the split.")
-    parser.add_argument(
-        "--limit-per-class", type=int, default=None, help="At most N images per class and part."
-    )
-    parser.add_argument("--cache-dir", default=None, help="Image cache folder.")
     parser.add_argument(
         "--test-weights",
         default="last",
@@ -73,21 +63,11 @@ def _train(args: argparse.Namespace) -> int:
     # Read by JAX when it first starts, so it goes in before anything touches a device.
     use_deterministic_xla()
 
-    from study._fetch import resolve_data
     from trainer._config import CellConfig
-    from trainer._dataset import DataConfig, parse_ratios
     from trainer._train import train_cell
 
-    data = DataConfig(
-        root=resolve_data(args.data),
-        split=args.split,
-        split_seed=args.split_seed,
-        ratios=parse_ratios(args.ratios),
-        limit_per_class=args.limit_per_class,
-        cache_dir=args.cache_dir,
-    )
     config = CellConfig(
-        data=data,
+        data=data_config(args),
         learning_rate=args.lr,
         seed=args.seed,
         out_dir=args.out or f"runs/{args.model}-lr{args.lr:g}-seed{args.seed}",
@@ -129,7 +109,7 @@ def format_result(result: CellResult) -> str:
         f", loss {_number(best['val_loss'])}",
         f"test, {test['weights']} weights (epoch {test['epoch']}):",
     ]
-    for name in ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc"):
+    for name in TEST_METRICS:
         value = test[name]
         shown = _number(value) if value is not None else f"n/a ({test['undefined'][name]})"
         lines.append(f"  {name:<12}{shown}")

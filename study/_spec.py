@@ -39,9 +39,6 @@ FINGERPRINT_ATTR = "spec_fingerprint"
 # Where files live differs between machines; what is computed must not. Only the protocol keys
 # enter the fingerprint, so a worker on another machine may point these at its own paths.
 LOCATION_KEYS = ("study.name", "study.storage", "study.artifacts", "data.root", "data.cache_dir")
-# Keys added after studies were first stored: a spec without them takes their defaults, and they
-# enter the fingerprint only when set otherwise, so the studies stored before keep theirs.
-ADDED_LATER_KEYS = ("train.mixed_precision", "train.jit_compile")
 
 
 @dataclass(frozen=True)
@@ -68,8 +65,8 @@ class TrainSection:
     optimizer: str
     test_weights: str
     deterministic: bool
-    mixed_precision: bool = False
-    jit_compile: bool | str = "auto"
+    mixed_precision: bool
+    jit_compile: bool | str
 
 
 @dataclass(frozen=True)
@@ -122,10 +119,6 @@ class StudySpec:
                 key: value
                 for key, value in full[section].items()
                 if f"{section}.{key}" not in LOCATION_KEYS
-                and not (
-                    f"{section}.{key}" in ADDED_LATER_KEYS
-                    and value == _DEFAULTS[f"{section}.{key}"]
-                )
             }
         # The same cells in another order are the same grid.
         protocol["grid"] = {
@@ -453,12 +446,6 @@ _CHECKS: dict[str, dict[str, _Check]] = {
     },
 }
 
-_DEFAULTS = {
-    f"train.{field.name}": field.default
-    for field in dataclasses.fields(TrainSection)
-    if field.default is not dataclasses.MISSING
-}
-
 # How a cell is computed is no axis: jit_compile changes speed, not what is trained.
 _AXIS_CHECKS: dict[str, _Check] = {
     "learning_rate": _positive_number,
@@ -491,8 +478,6 @@ def _check_keys(raw: Mapping[str, Any], source: str) -> None:
 def _section(cls: type, body: Mapping[str, Any], section: str, source: str) -> Any:
     values = {}
     for key, check in _CHECKS[section].items():
-        if key not in body and f"{section}.{key}" in ADDED_LATER_KEYS:
-            continue  # the dataclass default
         if key not in body:
             raise InputError(
                 f"{source}: {section}.{key} is missing. Fix: add it to [{section}] "

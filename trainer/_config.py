@@ -14,9 +14,10 @@ from trainer._model import MIN_IMAGE_SIZE, MODELS, OPTIMIZERS
 
 TEST_WEIGHTS = ("last", "best")
 # Fields that may change between a run and its resumption without changing what is trained:
-# where it is written, how far it goes, how evaluation is batched and where the cache lives.
+# where it is written, how far it goes, how evaluation is batched and where the data and its
+# cache live (the dataset fingerprint, not the folder, says whether the data is the same).
 _RESUMABLE_CHANGES = ("out_dir", "epochs", "eval_batch_size")
-_ADDED_LATER = ("mixed_precision", "jit_compile")
+_DATA_LOCATIONS = ("root", "cache_dir")
 
 
 @dataclass(frozen=True)
@@ -128,12 +129,8 @@ class CellConfig:
         values = self.to_dict()
         for name in _RESUMABLE_CHANGES:
             values.pop(name)
-        # Keys added after checkpoints were first written count only when set, so that those
-        # checkpoints still resume.
-        for field in dataclasses.fields(self):
-            if field.name in _ADDED_LATER and values[field.name] == field.default:
-                values.pop(field.name)
-        values["data"].pop("cache_dir", None)
+        for name in _DATA_LOCATIONS:
+            values["data"].pop(name)
         return values
 
 

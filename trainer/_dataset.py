@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainer._cache import open_pool_cache
+from trainer._cache import PREPROCESS_VERSION, open_pool_cache
 from trainer._errors import InputError
 from trainer._scan import PART_NAMES, ImageRecord, scan
 from trainer._split import SPLITS, limit_parts, split_records
@@ -103,7 +103,7 @@ class Dataset:
     val: Part
     test: Part
     image_size: int
-    fingerprint: str  # hash of the cache key, the split options and each part's files
+    fingerprint: str  # hash of what the model sees: each part's files, the size, the split
     cache_path: str
     cached_images: int = 0  # rows in the cache: every scanned image, all parts together
     cache_built: bool = False  # whether this call built the cache (False: reused)
@@ -162,7 +162,7 @@ def load_dataset(config: DataConfig, image_size: int, *, workers: int | None = N
         )
         for name, rows in parts.items()
     }
-    fingerprint = _fingerprint(cache.key, config, built)
+    fingerprint = _fingerprint(scanned.records, parts, config, image_size)
     _logger.info(
         "dataset %s, split %s (seed %d): %s; fingerprint %s",
         scanned.root,
@@ -201,19 +201,30 @@ def undecodable_message(bad: dict[str, str]) -> str:
     shown = "; ".join(f"{path} ({reason})" for path, reason in sorted(bad.items())[:3])
     more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
     return (
-        f"{len(bad)} image(s) cannot be decoded: {shown}{more}; "
-        "replace or remove them, or pass --skip-bad to leave them out."
+        f"{len(bad)} image(s) cannot be decoded: {shown}{more}; replace or remove them, or "
+        "pass --skip-bad (data.skip_bad = true in a spec) to leave them out."
     )
 
 
-def _fingerprint(key: str, config: DataConfig, parts: dict[str, Part]) -> str:
+def _fingerprint(
+    records: tuple[ImageRecord, ...],
+    parts: dict[str, list[int]],
+    config: DataConfig,
+    image_size: int,
+) -> str:
+    """Hash of the data the model sees, and nothing of where it lies: a copy of the dataset at
+    another path or with new mtimes has the same fingerprint, so a cell resumes there."""
     described = {
-        "cache_key": key,
+        "preprocess_version": PREPROCESS_VERSION,
+        "image_size": image_size,
         "split": config.split,
         "split_seed": config.split_seed,
         "ratios": list(config.ratios) if config.split == "ratios" else None,
         "limit_per_class": config.limit_per_class,
-        "parts": {name: list(part.paths) for name, part in parts.items()},
+        "parts": {
+            name: [[records[i].path, records[i].label, records[i].size] for i in rows]
+            for name, rows in parts.items()
+        },
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -148,3 +148,19 @@ def test_imagenet_weights_offline_end_in_one_line_naming_weights_none(
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "--weights none" in lines[0], done.stderr
+
+
+def test_skip_bad_trains_past_an_undecodable_image_that_stops_a_plain_run(
+    make_dataset, tmp_path: Path
+) -> None:
+    written = make_dataset(corrupt=True)
+    refused = _run(_args(written.root, tmp_path / "refused", "--epochs", "1"))
+    assert refused.returncode == 2
+    lines = refused.stderr.strip().splitlines()
+    assert lines[-1].startswith("lrstudy: error: ") and written.corrupt[0] in lines[-1]
+    assert "pass --skip-bad (data.skip_bad = true in a spec)" in lines[-1]
+    out = tmp_path / "cell"
+    done = _run(_args(written.root, out, "--epochs", "1", "--skip-bad"))
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["config"]["data"]["skip_bad"] is True and result["epochs_run"] == 1

@@ -234,20 +234,19 @@ def test_speed_levers_default_to_the_paper_and_are_checked() -> None:
         load_preset("paper", ["train.jit_compile=1"])
 
 
-def test_levers_at_their_defaults_keep_the_fingerprint_of_studies_stored_before_them() -> None:
+def test_levers_are_part_of_the_protocol_and_of_every_stored_spec() -> None:
     paper = load_preset("paper")
-    stored = paper.to_dict()
-    for key in ("mixed_precision", "jit_compile"):  # a spec stored before the levers existed
-        del stored["train"][key]
-    old = spec_from_mapping(stored)
-    assert old == paper and old.fingerprint() == paper.fingerprint()
-    explicit = ["train.mixed_precision=false", 'train.jit_compile="auto"']
-    assert load_preset("paper", explicit).fingerprint() == paper.fingerprint()
+    assert paper.protocol()["train"]["mixed_precision"] is False
+    assert paper.protocol()["train"]["jit_compile"] == "auto"
     changed = {
         load_preset("paper", [override]).fingerprint()
         for override in ("train.mixed_precision=true", "train.jit_compile=true")
     }
     assert paper.fingerprint() not in changed and len(changed) == 2
+    stored = paper.to_dict()
+    del stored["train"]["jit_compile"]
+    with pytest.raises(InputError, match=r"train\.jit_compile is missing"):
+        spec_from_mapping(stored)
 
 
 def test_mixed_precision_is_a_grid_axis_and_jit_compile_is_not() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -123,6 +125,30 @@ def test_load_dataset_parts_are_aligned_views_of_one_cache(make_dataset, cache_d
     assert not other.cache_built and other.cache_path == dataset.cache_path
     assert other.fingerprint != dataset.fingerprint
     assert load_dataset(config, SIZE).fingerprint == dataset.fingerprint
+
+
+def test_the_fingerprint_is_the_data_seen_not_its_folder_or_mtimes(
+    make_dataset, cache_dir, tmp_path
+) -> None:
+    written = make_dataset()
+    config = DataConfig(str(written.root), split="kaggle", cache_dir=cache_dir)
+    dataset = load_dataset(config, SIZE)
+    copy = shutil.copytree(written.root, tmp_path / "elsewhere")
+    for path in copy.rglob("*"):
+        os.utime(path, ns=(1, 1))
+    moved = load_dataset(dataclasses.replace(config, root=str(copy)), SIZE)
+    assert moved.cache_built  # new mtimes: decoded again, yet the same data
+    assert moved.fingerprint == dataset.fingerprint
+    assert load_dataset(config, SIZE + 1).fingerprint != dataset.fingerprint
+    shown = dataset.test.paths[0]
+    other = next(
+        p
+        for p in dataset.train.paths
+        if (copy / p).stat().st_size != (copy / shown).stat().st_size
+    )
+    (copy / shown).write_bytes((copy / other).read_bytes())
+    edited = load_dataset(dataclasses.replace(config, root=str(copy)), SIZE)
+    assert edited.fingerprint != dataset.fingerprint  # another file (size) in the test part
 
 
 def test_three_processes_preparing_together_build_once(make_dataset, cache_dir, tmp_path) -> None:

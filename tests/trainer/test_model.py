@@ -155,5 +155,6 @@ def test_config_round_trips_through_its_dict(tmp_path: Path) -> None:
     )
     assert CellConfig.from_dict(config.to_dict()) == config
     key = config.resume_key()
-    assert "out_dir" not in key and "epochs" not in key and "cache_dir" not in key["data"]
+    assert "out_dir" not in key and "epochs" not in key
+    assert "root" not in key["data"] and "cache_dir" not in key["data"]  # locations only
     assert key["learning_rate"] == 0.001 and key["data"]["ratios"] == [0.6, 0.2, 0.2]

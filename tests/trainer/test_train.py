@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
+import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +178,23 @@ def test_a_finished_cell_extended_by_resume_equals_a_longer_straight_run(
     train_cell(_config(data, tmp_path, epochs=1))
     extended = train_cell(_config(data, tmp_path, epochs=2), resume=True)
     assert _outcome(extended) == _outcome(straight)
+
+
+def test_a_cell_resumes_on_a_copy_of_its_dataset_elsewhere_with_new_mtimes(
+    straight: CellResult, data: DataConfig, tmp_path: Path
+) -> None:
+    """As on another machine of a study sharing its artifacts, or after the data was moved."""
+    out = tmp_path / "cell"
+    first = train_cell(_config(data, out, epochs=1))
+    copy = shutil.copytree(data.root, tmp_path / "moved")
+    later = time.time() + 3600
+    for path in Path(copy).rglob("*"):
+        os.utime(path, (later, later))  # as a re-extracted archive has
+    moved = dataclasses.replace(data, root=str(copy))
+    assert load_dataset(moved, 32).cache_path != load_dataset(data, 32).cache_path
+    resumed = train_cell(_config(moved, out), resume=True)
+    assert resumed.history[0] == first.history[0]  # epoch 1 kept, its wall time included
+    assert _outcome(resumed) == _outcome(straight)
 
 
 def test_a_damaged_checkpoint_is_ignored_and_the_cell_starts_afresh(
