@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import signal
 import socket
-import statistics
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from trainer import InputError
 
@@ -49,7 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="The dataset folder (data.root), or kaggle for the download of `lrstudy data fetch`.",
     )
     spec_options.add_argument(
-        "--storage", metavar="URL", help="Study database; overrides study.storage."
+        "--storage",
+        metavar="URL",
+        help=f"Study database (default: ${STORAGE_ENV}, else study.storage of the spec).",
     )
     spec_options.add_argument(
         "--set",
@@ -181,9 +181,12 @@ def _create(args: argparse.Namespace) -> int:
             f"study {spec.study.name!r} already exists in {where} with the same protocol "
             f"({done} of {len(states)} cells complete); nothing to do"
         )
-    print(
-        f"start workers: lrstudy launch --storage '{where}' --study {spec.study.name} --gpus all"
-    )
+    # A masked URL fails when pasted and the password must not be shown: then name the variable.
+    if where == spec.study.storage:
+        launch = f"lrstudy launch --storage '{where}'"
+    else:
+        launch = f"{STORAGE_ENV}=<your URL> lrstudy launch"
+    print(f"start workers: {launch} --study {spec.study.name} --gpus all")
     return 0
 
 
@@ -221,7 +224,7 @@ def _worker(args: argparse.Namespace) -> int:
     # Exit 0 also after SIGTERM or Ctrl-C: the trial went back to the queue, nothing is lost.
     run_worker(
         load_grid_study(storage, args.study),
-        CellObjective(spec, worker_id=worker_id),
+        CellObjective(spec),
         worker_id=worker_id,
         max_retries=spec.worker.max_retries,
         after_trial=_refresh_views,
@@ -318,7 +321,7 @@ def _quiet_optuna() -> None:
 
 
 def _spec_of(args: argparse.Namespace) -> StudySpec:
-    """The spec of --spec/--preset with --set, --data and --storage applied, paths absolute."""
+    """The spec of --spec/--preset with --set, --data, --storage (or $LRSTUDY_STORAGE) applied."""
     from study._objective import check_cells
     from study._spec import load_preset, load_spec
 
@@ -327,7 +330,8 @@ def _spec_of(args: argparse.Namespace) -> StudySpec:
     else:
         spec = load_preset(args.preset or "paper", args.overrides)
     root = _data_folder(args.data or spec.data.root)
-    spec = spec.with_locations(storage=args.storage, data_root=root).resolved()
+    storage = args.storage or os.environ.get(STORAGE_ENV) or None
+    spec = spec.with_locations(storage=storage, data_root=root).resolved()
     if spec.data.root is None:
         raise InputError(
             "data.root is not set: the study needs the dataset folder. "
@@ -438,7 +442,7 @@ def _finish(study: optuna.Study, summary: LaunchSummary | None) -> int:
     print(_status_table(study))
     states = cell_states(study)
     print()
-    print(_summary_table(study, states))
+    print(_summary_table(study))
     if summary is not None:
         restarts = sum(outcome.restarts for outcome in summary.outcomes)
         print(
@@ -466,6 +470,7 @@ def _progress_line(study: optuna.Study) -> str:
 
 def _status_table(study: optuna.Study) -> str:
     """One row per cell: its axes, state, trial and what is known of it."""
+    from study._export import format_value
     from study._grid import cell_states
 
     states = cell_states(study)
@@ -476,7 +481,7 @@ def _status_table(study: optuna.Study) -> str:
         trial = trials.get(state.trial_number) if state.trial_number is not None else None
         rows.append(
             [
-                *(_format_value(state.params[axis]) for axis in axes),
+                *(format_value(state.params[axis]) for axis in axes),
                 state.state,
                 "-" if state.trial_number is None else str(state.trial_number),
                 _detail(state, trial, _metric(study)),
@@ -501,35 +506,29 @@ def _detail(state: CellState, trial: optuna.trial.FrozenTrial | None, metric: st
     return f"retry {state.retries}" if state.retries else ""
 
 
-def _summary_table(study: optuna.Study, states: list[CellState]) -> str:
+def _summary_table(study: optuna.Study) -> str:
     """Mean and sample SD of the objective over seeds, per learning rate (and other axes)."""
-    trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
-    groups: dict[tuple[Any, ...], list[Any]] = {}
-    axes = [axis for axis in (states[0].params if states else {}) if axis != "seed"]
-    for state in states:
-        groups.setdefault(tuple(state.params[axis] for axis in axes), []).append(state)
+    from study._export import collect, format_value
+
+    results = collect(study)
+    axes = [axis for axis in results.axes if axis != "seed"]
     rows = [[*axes, "complete", "mean", "sd", "diverged"]]
-    for key, members in groups.items():
-        done = [trials[m.trial_number] for m in members if m.state == "complete"]
-        values = [t.value for t in done if t.value is not None and math.isfinite(t.value)]
+    for group in results.groups:
+        summary = group.summaries[results.metric]
         rows.append(
             [
-                *(_format_value(value) for value in key),
-                f"{len(done)}/{len(members)}",
-                f"{statistics.mean(values):.4f}" if values else "-",
-                f"{statistics.stdev(values):.4f}" if len(values) > 1 else "-",
-                str(sum(bool(t.user_attrs.get("diverged")) for t in done)),
+                *(format_value(group.params[axis]) for axis in axes),
+                f"{len(group.trials)}/{len(group.per_seed[results.metric])}",
+                "-" if summary.mean is None else f"{summary.mean:.4f}",
+                "-" if summary.sd is None else f"{summary.sd:.4f}",
+                str(len(group.diverged)),
             ]
         )
-    return f"{_metric(study)} over seeds (sample SD):\n" + _table(rows)
+    return f"{results.metric} over seeds (sample SD):\n" + _table(rows)
 
 
 def _metric(study: optuna.Study) -> str:
     return study.metric_names[0] if study.metric_names else "objective"
-
-
-def _format_value(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _table(rows: list[list[str]]) -> str:

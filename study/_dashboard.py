@@ -19,7 +19,7 @@ from storage import study_lock
 from study._export import StudyResults, collect
 from study._markdown import markdown_tables
 from study._stats import per_epoch
-from trainer import InputError
+from trainer import TEST_METRICS, InputError
 
 if TYPE_CHECKING:
     import optuna
@@ -31,7 +31,6 @@ _logger = logging.getLogger(__name__)
 
 ARTIFACT_FOLDER = "dashboard-artifacts"
 FIGURE_ID = "learning-rate-comparison"
-_TEST_ATTRS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
 
 
 def artifact_store(artifacts: str | Path, study_name: str) -> ArtifactStore:
@@ -68,7 +67,7 @@ def record_trial(trial: optuna.Trial, store: ArtifactStore | None, *, reduce: st
     epoch = attrs.get("final" if reduce == "last" else "best") or {}
     trial.set_user_attr("val_loss", epoch.get("val_loss"))
     test = attrs.get("test") or {}
-    for name in _TEST_ATTRS:
+    for name in TEST_METRICS:
         trial.set_user_attr(f"test_{name}", test.get(name))
     if store is None or not attrs.get("out_dir"):
         return

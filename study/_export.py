@@ -10,21 +10,20 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from study._grid import cell_key, cell_states
-from study._stats import Comparison, Summary, compare, summarize
-from trainer import InputError
+from trainer import TEST_METRICS, InputError, json_safe
 
 if TYPE_CHECKING:
     import optuna
 
+    from study._stats import Comparison, Summary
+
 FORMATS = ("md", "csv", "json")
-TEST_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
 # The flat per-trial columns, in CSV order; grid axes other than these two follow "seed".
 _LEADING = ("trial", "cell", "learning_rate", "seed")
 _TRAILING = (
@@ -193,7 +192,7 @@ def to_csv(results: StudyResults) -> str:
 
 def to_json(results: StudyResults) -> str:
     """Everything, per-epoch histories included; undefined numbers are null."""
-    return json.dumps(_json_safe(results.to_dict()), indent=2, allow_nan=False) + "\n"
+    return json.dumps(json_safe(results.to_dict()), indent=2, allow_nan=False) + "\n"
 
 
 def trial_columns(axes: list[str]) -> list[str]:
@@ -313,10 +312,14 @@ def _group(
 
 
 def _summary(values: list[Any]) -> Summary:
+    from study._stats import summarize  # SciPy takes a second: `lrstudy status` needs none
+
     return summarize([v if isinstance(v, (int, float)) else None for v in values])
 
 
 def _comparisons(groups: list[Group]) -> dict[str, Comparison | None]:
+    from study._stats import compare
+
     def over(metric: str) -> dict[str, Summary]:
         return {group.label: group.summaries[metric] for group in groups}
 
@@ -345,13 +348,3 @@ def _csv_value(value: Any) -> Any:
 
 def _iso(moment: Any) -> str | None:
     return None if moment is None else moment.isoformat()
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value

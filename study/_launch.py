@@ -23,10 +23,10 @@ from trainer import InputError
 
 _logger = logging.getLogger(__name__)
 
-# Exit code of a worker that was given bad input: restarting it cannot help.
 # Set in each worker's environment to the launcher's pid; see follow_launcher.
 LAUNCHER_ENV = "LRSTUDY_LAUNCHER_PID"
 _PR_SET_PDEATHSIG = 1
+# Exit code of a worker that was given bad input: restarting it cannot help.
 _INPUT_ERROR_EXIT = 2
 _POLL_S = 0.2
 _RESTART_DELAY_S = 2.0

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from storage import call_reconnecting
 from study._grid import cell_key
 from study._spec import StudySpec
-from trainer import InputError
+from trainer import HISTORY_COLUMNS, InputError, json_safe
 
 if TYPE_CHECKING:
     import optuna
@@ -20,8 +19,6 @@ if TYPE_CHECKING:
     from trainer._train import CellResult
 
 _logger = logging.getLogger(__name__)
-
-_HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 
 
 def cell_config(spec: StudySpec, params: dict[str, Any]) -> CellConfig:
@@ -86,8 +83,9 @@ class CellObjective:
     Each grid axis is suggested with ``trial.suggest_categorical(axis, values)``, so the
     ``GridSampler`` of the study picks the cell. Every epoch the trial gets ``val_accuracy`` as
     its intermediate value (step = epoch, from 1) and an updated ``history`` user attribute;
-    at the end the final, best and test metrics, ``diverged``, host, worker id, device and
-    duration are stored too (JSON-safe; undefined numbers are None).
+    at the end the final, best and test metrics, ``diverged``, device and duration are stored
+    too (JSON-safe; undefined numbers are None). Host and worker id are the worker's to record
+    (``run_worker``), as it knows them also for a trial that fails before training starts.
 
     Note:
         A diverged cell is a result of its learning rate, not an error: the trial completes with
@@ -99,12 +97,10 @@ class CellObjective:
 
     Args:
         spec: The study spec (as stored in the study, with this machine's locations).
-        worker_id: Recorded with each trial. Defaults to `None` (not recorded).
     """
 
-    def __init__(self, spec: StudySpec, *, worker_id: str | None = None) -> None:
+    def __init__(self, spec: StudySpec) -> None:
         self.spec = spec
-        self.worker_id = worker_id
 
     def __call__(self, trial: optuna.Trial) -> float:
         from study._dashboard import artifact_store, record_trial
@@ -117,14 +113,11 @@ class CellObjective:
         config = cell_config(self.spec, params)
         key = cell_key(params)
         trial.set_user_attr("cell", key)
-        trial.set_user_attr("host", socket.gethostname())
-        if self.worker_id is not None:
-            trial.set_user_attr("worker_id", self.worker_id)
         trial.set_user_attr("epochs", config.epochs)
         trial.set_user_attr("out_dir", config.out_dir)
         _logger.info("trial %d, cell %s: training into %s", trial.number, key, config.out_dir)
 
-        history: dict[str, list[Any]] = {name: [] for name in _HISTORY_KEYS}
+        history: dict[str, list[Any]] = {name: [] for name in HISTORY_COLUMNS}
         reported: set[int] = set()
 
         def report_epoch(epoch: int, val_accuracy: float) -> None:
@@ -134,8 +127,8 @@ class CellObjective:
                 reported.add(epoch)
 
         def on_epoch(epoch: int, logs: dict[str, Any]) -> bool:
-            for name in _HISTORY_KEYS:
-                history[name].append(_finite(logs[name]))
+            for name in HISTORY_COLUMNS:
+                history[name].append(json_safe(logs[name]))
             # Both writes are safe to repeat, so a database outage delays them instead of
             # failing a trial that trains on regardless.
             call_reconnecting(
@@ -174,7 +167,7 @@ class CellObjective:
     def _record(trial: optuna.Trial, result: CellResult, reported: set[int]) -> None:
         record = result.to_dict()
         # A resumed try saw only its own epochs; the result has them all.
-        history = {name: [row[name] for row in record["history"]] for name in _HISTORY_KEYS}
+        history = {name: [row[name] for row in record["history"]] for name in HISTORY_COLUMNS}
         for row in record["history"]:
             if row["epoch"] not in reported and row["val_accuracy"] is not None:
                 trial.report(row["val_accuracy"], step=row["epoch"])
@@ -186,7 +179,3 @@ class CellObjective:
         trial.set_user_attr("device", record["environment"].get("device"))
         trial.set_user_attr("backend", record["environment"].get("backend"))
         trial.set_user_attr("duration_s", record["seconds"])
-
-
-def _finite(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value

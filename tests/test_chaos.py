@@ -359,7 +359,7 @@ def _in_process_cell(tmp_path: Path, data: Path, cache: str, url: str, artifacts
     def work(after_trial: Callable[[optuna.Study], None] | None = None) -> None:
         run_worker(
             load_grid_study(storage, "chaos"),
-            CellObjective(spec, worker_id="w"),
+            CellObjective(spec),
             worker_id="w",
             poll_s=0.2,
             after_trial=after_trial,

@@ -7,14 +7,16 @@ from trainer._config import TEST_WEIGHTS, CellConfig
 from trainer._dataset import DataConfig, Dataset, Part, load_dataset, parse_ratios
 from trainer._environment import environment_record
 from trainer._errors import InputError
-from trainer._metrics import BinaryMetrics, binary_metrics, validation_metrics
+from trainer._metrics import TEST_METRICS, BinaryMetrics, binary_metrics, validation_metrics
 from trainer._model import MIN_IMAGE_SIZE, MODELS, OPTIMIZERS, build_base, build_model
 from trainer._patients import CLASS_NAMES, patient_id
 from trainer._scan import PART_NAMES, IgnoredFolder, ImageRecord, ScanResult, scan
 from trainer._split import PAPER_COUNTS, SPLITS, split_records
 from trainer._train import (
+    HISTORY_COLUMNS,
     CellResult,
     EpochHook,
+    json_safe,
     seed_and_determinism,
     train_cell,
     use_deterministic_xla,
@@ -22,6 +24,7 @@ from trainer._train import (
 
 __all__ = [
     "CLASS_NAMES",
+    "HISTORY_COLUMNS",
     "MIN_IMAGE_SIZE",
     "MODELS",
     "OPTIMIZERS",
@@ -29,6 +32,7 @@ __all__ = [
     "PART_NAMES",
     "PREPROCESS_VERSION",
     "SPLITS",
+    "TEST_METRICS",
     "TEST_WEIGHTS",
     "BatchFeed",
     "BinaryMetrics",
@@ -52,6 +56,7 @@ __all__ = [
     "check_dataset",
     "default_cache_dir",
     "environment_record",
+    "json_safe",
     "load_checkpoint",
     "load_dataset",
     "parse_ratios",

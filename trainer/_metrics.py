@@ -12,6 +12,8 @@ import numpy as np
 THRESHOLD = 0.5
 # Keras clips probabilities to [eps, 1 - eps] in binary cross-entropy; keras.config.epsilon().
 _EPSILON = 1e-7
+# The scores of BinaryMetrics, in the order reports list them (the confusion counts are not).
+TEST_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc")
 
 
 @dataclass(frozen=True)

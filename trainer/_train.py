@@ -67,7 +67,7 @@ class CellResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict; NaN and infinite numbers (undefined values) become None."""
-        return _json_safe(
+        return json_safe(
             {
                 "config": self.config.to_dict(),
                 "history": list(self.history),
@@ -404,11 +404,13 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as None and NumPy scalars as Python numbers, so that
+    ``json.dumps(..., allow_nan=False)`` and every Optuna storage accept it."""
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, (float, np.floating)):
         return float(value) if math.isfinite(value) else None
     if isinstance(value, np.integer):

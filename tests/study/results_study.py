@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +96,6 @@ class FakeCell:
         (out / "result.json").write_text(json.dumps(record))
         attrs = {
             "cell": key,
-            "host": socket.gethostname(),
             "epochs": EPOCHS,
             "out_dir": str(out),
             "history": history,

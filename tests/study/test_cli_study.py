@@ -206,6 +206,29 @@ def test_create_is_idempotent_and_refuses_another_protocol(tmp_path: Path, setup
     )
 
 
+def test_create_takes_the_storage_from_the_environment(
+    tmp_path: Path, setup: dict, storage_url: str
+) -> None:
+    assert setup["flags"][:2] == ["--storage", setup["url"]]
+    done = lrstudy(
+        "create", *setup["flags"][2:], cwd=tmp_path, env={"LRSTUDY_STORAGE": storage_url}
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(optuna.load_study(study_name="quick", storage=storage_url).trials) == 12
+    assert not (tmp_path / "lrstudy.db").exists()  # the spec's default storage, unused
+    hint = done.stdout.splitlines()[-1]
+    if storage_url.startswith("sqlite"):
+        assert hint == (
+            f"start workers: lrstudy launch --storage '{storage_url}' --study quick --gpus all"
+        )
+    else:  # a masked URL would not work if pasted, and the password must not show
+        password = storage_url.split(":")[2].split("@")[0]
+        assert password not in done.stdout
+        assert hint == (
+            "start workers: LRSTUDY_STORAGE=<your URL> lrstudy launch --study quick --gpus all"
+        )
+
+
 def test_status_shows_waiting_and_failed_cells(tmp_path: Path, setup: dict) -> None:
     data = tmp_path / "moving"
     shutil.copytree(setup["data"], data)

@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -120,6 +121,7 @@ def test_n_worker_processes_run_every_cell_exactly_once(
     reports = [json.loads((tmp_path / f"report-w{i}.json").read_text()) for i in range(workers)]
     assert sum(len(r["completed"]) for r in reports) == 12
     assert {t.user_attrs["worker_id"] for t in trials} <= {f"w{i}" for i in range(workers)}
+    assert {t.user_attrs["host"] for t in trials} == {socket.gethostname()}
 
 
 def test_sigkilled_worker_trial_fails_after_grace_and_runs_again_elsewhere(
