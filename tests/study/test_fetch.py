@@ -57,7 +57,11 @@ def closed_port() -> int:
         return probe.getsockname()[1]  # nothing listens there once the socket is closed
 
 
-def lrstudy(tmp_path: Path, *args: str, proxy_port: int | None = None):
+def lrstudy(
+    tmp_path: Path, *args: str, proxy_port: int | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """The CLI in ``tmp_path`` with a private HOME and caches, and Kaggle behind a local proxy
+    (closed unless ``proxy_port`` names one)."""
     private = ("KAGGLE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith(private)}
     env.update(
@@ -70,7 +74,8 @@ def lrstudy(tmp_path: Path, *args: str, proxy_port: int | None = None):
         [sys.executable, "-m", "study", *args],
         capture_output=True,
         text=True,
-        timeout=120,  # the probe gives up after 10 s: this only guards against a regression
+        cwd=tmp_path,
+        timeout=timeout,  # the probe gives up after 10 s: this only guards against a regression
         env=env,
     )
 

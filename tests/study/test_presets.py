@@ -13,7 +13,7 @@ import pytest
 
 from study._presets import PAPER, PRESETS, QUICK_NOTE, preset_toml
 from study._spec import SPEC_ATTR, load_preset, load_spec
-from tests.study.test_fetch import closed_port, manual_download_error, write_record
+from tests.study.test_fetch import lrstudy, manual_download_error, write_record
 from tests.trainer.test_scan import write_kaggle_download
 from trainer._model import MIN_IMAGE_SIZE
 
@@ -26,26 +26,6 @@ QUICK_DIFFERS_IN = {
     "train.epochs",
     "data.limit_per_class",
 }
-
-
-def lrstudy(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """The CLI with a private HOME and caches, and Kaggle unreachable (a closed local proxy)."""
-    private = ("KAGGLE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(private)}
-    env.update(
-        HOME=str(tmp_path / "home"),
-        XDG_CACHE_HOME=str(tmp_path / "xdg"),
-        KAGGLEHUB_CACHE=str(tmp_path / "kagglehub"),
-        HTTPS_PROXY=f"http://127.0.0.1:{closed_port()}",
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "study", *args],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=timeout,
-        env=env,
-    )
 
 
 def flat(spec: dict[str, dict]) -> dict[str, object]:
