@@ -14,6 +14,7 @@ _EXPORTS = {
     "StudySpec": "study._spec",
     "WorkerReport": "study._worker",
     "cell_key": "study._grid",
+    "cell_params": "study._grid",
     "cell_states": "study._grid",
     "collect": "study._export",
     "compare": "study._stats",

@@ -243,6 +243,12 @@ def _fill(
     storage.set_study_system_attr(study_id, READY_ATTR, True)
 
 
+def cell_params(search_space: Mapping[str, Sequence[Any]], grid_id: int) -> dict[str, Any]:
+    """The values of cell ``grid_id``, as the study's ``GridSampler`` will serve them."""
+    values = _sampler(search_space)._all_grids[grid_id]
+    return dict(zip(sorted(search_space), values, strict=True))
+
+
 def _cells(grid: Mapping[str, Sequence[Any]]) -> list[tuple[dict[str, Any], int]]:
     """Every cell in the grid's own order, with the id ``GridSampler`` knows it by."""
     sampler = _sampler(grid)

@@ -23,7 +23,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from storage import INTERRUPTED, call_reconnecting, is_connection_error, requeue_cell
-from study._grid import cell_key
+from study._grid import cell_key, cell_params
 from study._heartbeat import heartbeat
 from trainer import InputError
 
@@ -202,7 +202,10 @@ def _run_trial(
     inside: _Inside,
 ) -> None:
     storage, trial_id, number = study._storage, claimed._trial_id, claimed.number
-    cell = cell_key(_cell_params(claimed))
+    # The trial has suggested nothing yet: its cell comes from the grid.
+    cell = cell_key(
+        cell_params(claimed.system_attrs["search_space"], int(claimed.system_attrs["grid_id"]))
+    )
 
     def set_attrs() -> None:
         storage.set_trial_user_attr(trial_id, "worker_id", worker_id)
@@ -292,14 +295,6 @@ def _one_line(error: BaseException) -> str:
         text = " ".join(str(error).split()) or "(no message)"
         line = f"{type(error).__name__}: {text}"
     return line if len(line) <= _ERROR_CHARS else line[: _ERROR_CHARS - 3] + "..."
-
-
-def _cell_params(trial: FrozenTrial) -> dict[str, object]:
-    """The cell's values, from the sampler's grid (the trial has suggested nothing yet)."""
-    search_space = trial.system_attrs.get("search_space", {})
-    sampler = optuna.samplers.GridSampler(search_space, seed=0)
-    values = sampler._all_grids[int(trial.system_attrs["grid_id"])]
-    return dict(zip(sorted(search_space), values, strict=True))
 
 
 class _Inside:
