@@ -8,17 +8,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from study._storage_option import add_storage_option, storage_url
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from study._cmd_study import STORAGE_ENV
-
     export = subparsers.add_parser(
         "export",
         help="Summarise a study like the paper's tables: Markdown, CSV or JSON, and figures.",
     )
-    export.add_argument(
-        "--storage", metavar="URL", help=f"Study database (default: ${STORAGE_ENV})."
-    )
+    add_storage_option(export)
     export.add_argument("--study", required=True, metavar="NAME", help="Study name.")
     export.add_argument(
         "--format",
@@ -36,9 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dashboard = subparsers.add_parser(
         "dashboard", help="Serve optuna-dashboard for a storage, with its studies' artifacts."
     )
-    dashboard.add_argument(
-        "--storage", metavar="URL", help=f"Study database (default: ${STORAGE_ENV})."
-    )
+    add_storage_option(dashboard)
     dashboard.add_argument(
         "--host", default="127.0.0.1", help="Address to listen on (default 127.0.0.1)."
     )
@@ -55,11 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     from storage import open_storage
-    from study._cmd_study import _storage_url
     from study._export import collect, render, write_export
     from study._grid import load_grid_study
 
-    url = _storage_url(args.storage)
+    url = storage_url(args.storage)
     results = collect(load_grid_study(open_storage(url, existing=True), args.study))
     if args.out is None:
         sys.stdout.write(render(results, args.format))
@@ -82,9 +77,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def _dashboard(args: argparse.Namespace) -> int:
     from storage import open_storage
-    from study._cmd_study import _storage_url
     from study._dashboard import serve
 
-    storage = open_storage(_storage_url(args.storage), existing=True)
+    storage = open_storage(storage_url(args.storage), existing=True)
     serve(storage, host=args.host, port=args.port, artifacts=args.artifacts)
     return 0

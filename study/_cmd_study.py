@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from study._storage_option import STORAGE_ENV, add_storage_option, storage_url
 from trainer import InputError
 
 if TYPE_CHECKING:
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
-# Workers read the storage URL from here when launched, so a password never shows in `ps`.
-STORAGE_ENV = "LRSTUDY_STORAGE"
 _BACKENDS = ("tensorflow", "jax")
 
 
@@ -46,11 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="The dataset folder (data.root), or kaggle for the download of `lrstudy data fetch`.",
     )
-    spec_options.add_argument(
-        "--storage",
-        metavar="URL",
-        help=f"Study database (default: ${STORAGE_ENV}, else study.storage of the spec).",
-    )
+    add_storage_option(spec_options, default="study.storage of the spec")
     spec_options.add_argument(
         "--set",
         dest="overrides",
@@ -62,9 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
 
     study_options = argparse.ArgumentParser(add_help=False)
-    study_options.add_argument(
-        "--storage", metavar="URL", help=f"Study database (default: ${STORAGE_ENV})."
-    )
+    add_storage_option(study_options)
     study_options.add_argument("--study", required=True, metavar="NAME", help="Study name.")
 
     location_options = argparse.ArgumentParser(add_help=False)
@@ -194,7 +187,7 @@ def _worker(args: argparse.Namespace) -> int:
     from study._launch import follow_launcher
 
     follow_launcher()
-    url = _storage_url(args.storage)
+    url = storage_url(args.storage)
     if args.backend:
         os.environ["KERAS_BACKEND"] = args.backend  # before anything imports Keras
     _quiet_optuna()
@@ -253,7 +246,7 @@ def _launch(args: argparse.Namespace) -> int:
             "launch needs --gpus LIST, --gpus all or --workers N; got none of them. "
             "Example: lrstudy launch --storage URL --study NAME --gpus all."
         )
-    url = _storage_url(args.storage)
+    url = storage_url(args.storage)
     study = load_grid_study(open_storage(url, existing=True), args.study)
     slots = plan_slots(gpus=args.gpus, workers=args.workers, per_gpu=args.per_gpu)
     if _all_complete(study):
@@ -303,7 +296,7 @@ def _status(args: argparse.Namespace) -> int:
     from storage import open_storage
     from study._grid import load_grid_study
 
-    study = load_grid_study(open_storage(_storage_url(args.storage), existing=True), args.study)
+    study = load_grid_study(open_storage(storage_url(args.storage), existing=True), args.study)
     print(_status_table(study))
     return 0
 
@@ -374,17 +367,6 @@ def _all_complete(study: optuna.Study) -> bool:
         _logger.info("every cell of study %r is complete already", study.study_name)
         return True
     return False
-
-
-def _storage_url(flag: str | None) -> str:
-    """--storage, else $LRSTUDY_STORAGE."""
-    url = flag or os.environ.get(STORAGE_ENV)
-    if not url:
-        raise InputError(
-            f"--storage is missing and ${STORAGE_ENV} is not set; "
-            "pass --storage URL, e.g. --storage sqlite:///lrstudy.db."
-        )
-    return url
 
 
 def _data_folder(value: str | None) -> str | None:
