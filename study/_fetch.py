@@ -13,7 +13,7 @@ import urllib.request
 
 from filelock import FileLock
 
-from trainer import InputError, default_cache_dir, scan
+from trainer import InputError, default_cache_dir, scan, write_atomic
 
 _logger = logging.getLogger(__name__)
 
@@ -82,10 +82,7 @@ def fetch_kaggle(dest: str | None = None, *, force: bool = False) -> str:
                 f"{BY_HAND}."
             ) from error
         record = {"handle": KAGGLE_HANDLE, "download": download, "root": scanned.root}
-        temporary = _state_path(f"{RECORD_NAME}.{os.getpid()}.tmp")
-        with open(temporary, "w", encoding="utf-8") as file:
-            json.dump(record, file, indent=2)
-        os.replace(temporary, _state_path(RECORD_NAME))
+        write_atomic(_state_path(RECORD_NAME), json.dumps(record, indent=2))
     ignored = ", ".join(
         f"{folder.path}/ ({folder.reason}, {folder.files} files)"
         for folder in scanned.ignored_folders

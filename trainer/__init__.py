@@ -1,5 +1,6 @@
 """Data, model, training and metrics for one grid cell; knows nothing of Optuna."""
 
+from trainer._atomic import write_atomic
 from trainer._cache import PREPROCESS_VERSION, default_cache_dir
 from trainer._check import DataReport, PartCounts, check_dataset
 from trainer._checkpoint import Checkpoint, CheckpointWriter, load_checkpoint, save_checkpoint
@@ -68,6 +69,7 @@ __all__ = [
     "train_cell",
     "use_deterministic_xla",
     "validation_metrics",
+    "write_atomic",
 ]
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import platformdirs
 from filelock import FileLock, Timeout
 
+from trainer._atomic import write_atomic
 from trainer._decode import DECODE_ERRORS, describe_error, load_image, parallel_map
 from trainer._errors import InputError
 from trainer._scan import ImageRecord
@@ -199,9 +200,7 @@ def _build(
         }
         os.replace(temporary, npy)
         # The index goes last: its presence marks the array as complete.
-        with open(f"{index_path}.tmp", "w", encoding="utf-8") as file:
-            json.dump(index, file)
-        os.replace(f"{index_path}.tmp", index_path)
+        write_atomic(index_path, json.dumps(index))
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)

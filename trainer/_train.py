@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trainer._atomic import write_atomic
 from trainer._checkpoint import Checkpoint, CheckpointWriter, load_checkpoint
 from trainer._config import CellConfig
 from trainer._errors import InputError
@@ -201,7 +202,7 @@ def train_cell(
         },
         seconds=time.perf_counter() - started,
     )
-    _write_atomic(out / RESULT_FILE, json.dumps(result.to_dict(), indent=2, allow_nan=False))
+    write_atomic(out / RESULT_FILE, json.dumps(result.to_dict(), indent=2, allow_nan=False))
     return result
 
 
@@ -383,7 +384,7 @@ def _write_predictions(path: Path, part: Part, probabilities: np.ndarray) -> Non
     writer.writerow(["path", "label", "probability"])
     for name, label, p in zip(part.paths, part.labels, probabilities, strict=True):
         writer.writerow([name, int(label), repr(float(p))])
-    _write_atomic(path, text.getvalue())
+    write_atomic(path, text.getvalue())
 
 
 def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
@@ -394,14 +395,7 @@ def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
         writer.writerow(
             {k: repr(row[k]) if isinstance(row[k], float) else row[k] for k in HISTORY_COLUMNS}
         )
-    _write_atomic(path, text.getvalue())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    write_atomic(path, text.getvalue())
 
 
 def json_safe(value: Any) -> Any:
