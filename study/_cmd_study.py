@@ -22,7 +22,6 @@ from trainer import InputError
 if TYPE_CHECKING:
     import optuna
 
-    from study._grid import CellState
     from study._launch import LaunchSummary, Slot
     from study._spec import StudySpec
 
@@ -295,9 +294,10 @@ def _status(args: argparse.Namespace) -> int:
     _quiet_optuna()
     from storage import open_storage
     from study._grid import load_grid_study
+    from study._status import status_table
 
     study = load_grid_study(open_storage(storage_url(args.storage), existing=True), args.study)
-    print(_status_table(study))
+    print(status_table(study))
     return 0
 
 
@@ -389,6 +389,7 @@ def _supervise(
 ) -> LaunchSummary:
     """Run the workers of ``slots`` on ``study`` here, logging progress now and then."""
     from study._launch import launch
+    from study._status import progress_line
 
     host = socket.gethostname()
     extra = [part for flag, value in locations.items() if value for part in (flag, value)]
@@ -413,18 +414,19 @@ def _supervise(
         command,
         max_restarts=args.max_restarts,
         env=env,
-        on_tick=lambda: _logger.info("progress: %s", _progress_line(study)),
+        on_tick=lambda: _logger.info("progress: %s", progress_line(study)),
     )
 
 
 def _finish(study: optuna.Study, summary: LaunchSummary | None) -> int:
     """Print the grid and the summary; 0 when every cell is complete."""
     from study._grid import cell_states
+    from study._status import status_table, summary_table
 
-    print(_status_table(study))
+    print(status_table(study))
     states = cell_states(study)
     print()
-    print(_summary_table(study))
+    print(summary_table(study))
     if summary is not None:
         restarts = sum(outcome.restarts for outcome in summary.outcomes)
         print(
@@ -436,86 +438,3 @@ def _finish(study: optuna.Study, summary: LaunchSummary | None) -> int:
             print(f"interrupted by {name}: run the same command again to finish the grid")
             return 128 + summary.interrupted_by
     return 0 if all(state.state == "complete" for state in states) else 1
-
-
-def _progress_line(study: optuna.Study) -> str:
-    from study._grid import cell_states
-
-    states = cell_states(study)
-    counts = {name: 0 for name in ("complete", "running", "waiting", "failed")}
-    for state in states:
-        counts[state.state] = counts.get(state.state, 0) + 1
-    return f"{counts['complete']}/{len(states)} complete, " + ", ".join(
-        f"{count} {name}" for name, count in counts.items() if name != "complete"
-    )
-
-
-def _status_table(study: optuna.Study) -> str:
-    """One row per cell: its axes, state, trial and what is known of it."""
-    from study._export import format_value
-    from study._grid import cell_states
-
-    states = cell_states(study)
-    trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
-    axes = list(states[0].params) if states else []
-    rows = [[*axes, "state", "trial", "detail"]]
-    for state in states:
-        trial = trials.get(state.trial_number) if state.trial_number is not None else None
-        rows.append(
-            [
-                *(format_value(state.params[axis]) for axis in axes),
-                state.state,
-                "-" if state.trial_number is None else str(state.trial_number),
-                _detail(state, trial, _metric(study)),
-            ]
-        )
-    header = f"study {study.study_name}: {_progress_line(study)}"
-    return header + "\n" + _table(rows)
-
-
-def _detail(state: CellState, trial: optuna.trial.FrozenTrial | None, metric: str) -> str:
-    attrs = trial.user_attrs if trial is not None else {}
-    if state.state == "running":
-        return (
-            f"worker {state.worker_id or '?'} on {state.host or '?'}, "
-            f"epoch {state.step or 0} of {attrs.get('epochs', '?')}"
-        )
-    if state.state == "complete":
-        text = "-" if state.value is None else f"{metric} {state.value:.4f}"
-        return text + (", diverged" if attrs.get("diverged") else "")
-    if state.state == "failed":
-        return f"retries {state.retries}: {state.error or 'unknown error'}"
-    return f"retry {state.retries}" if state.retries else ""
-
-
-def _summary_table(study: optuna.Study) -> str:
-    """Mean and sample SD of the objective over seeds, per learning rate (and other axes)."""
-    from study._export import collect, format_value
-
-    results = collect(study)
-    axes = [axis for axis in results.axes if axis != "seed"]
-    rows = [[*axes, "complete", "mean", "sd", "diverged"]]
-    for group in results.groups:
-        summary = group.summaries[results.metric]
-        rows.append(
-            [
-                *(format_value(group.params[axis]) for axis in axes),
-                f"{len(group.trials)}/{len(group.per_seed[results.metric])}",
-                "-" if summary.mean is None else f"{summary.mean:.4f}",
-                "-" if summary.sd is None else f"{summary.sd:.4f}",
-                str(len(group.diverged)),
-            ]
-        )
-    return f"{results.metric} over seeds (sample SD):\n" + _table(rows)
-
-
-def _metric(study: optuna.Study) -> str:
-    return study.metric_names[0] if study.metric_names else "objective"
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
