@@ -14,16 +14,8 @@ import keras
 import numpy as np
 import pytest
 
-from tests.conftest import write_dataset
 from trainer import CellConfig, CellResult, DataConfig, InputError, build_model, train_cell
 from trainer._train import RESULT_FILE
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> DataConfig:
-    root = tmp_path_factory.mktemp("levers")
-    write_dataset(root / "data")
-    return DataConfig(str(root / "data"), split="kaggle", cache_dir=str(root / "cache"))
 
 
 def _config(data: DataConfig, out: Path, **changes: Any) -> CellConfig:

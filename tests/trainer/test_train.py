@@ -16,7 +16,6 @@ import keras
 import numpy as np
 import pytest
 
-from tests.conftest import write_dataset
 from trainer import (
     CellConfig,
     CellResult,
@@ -40,14 +39,6 @@ METRICS = (
     "fn",
     "tp",
 )
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> DataConfig:
-    """56 images in the Kaggle layout (train 28, val 14, test 14) with a private cache."""
-    root = tmp_path_factory.mktemp("cells")
-    write_dataset(root / "data")
-    return DataConfig(str(root / "data"), split="kaggle", cache_dir=str(root / "cache"))
 
 
 def _config(data: DataConfig, out: Path, **changes: Any) -> CellConfig:
