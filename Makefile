@@ -15,6 +15,7 @@ install: $(BIN)/lrstudy
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # The trainer must work on both Keras backends: its tests run once more under JAX.
 test: lint

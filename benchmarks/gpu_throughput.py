@@ -164,7 +164,7 @@ class _OutOfTime(Exception):
 
 
 def _parent(args: argparse.Namespace, sizes: Sizes) -> int:
-    from study._launch import Slot
+    from study.launch import Slot
 
     started = time.monotonic()
     deadline = started + args.budget_s

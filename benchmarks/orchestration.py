@@ -27,8 +27,7 @@ from pathlib import Path
 import optuna
 
 from storage import open_storage
-from study._grid import create_grid_study, load_grid_study
-from study._worker import run_worker
+from study.grid import RetryStaleCell, create_grid_study, load_grid_study, run_worker
 
 _ROOT = Path(__file__).resolve().parents[1]
 _HEARTBEAT_S, _GRACE_S = 30, 120  # as a real study would set them: a beat before each claim
@@ -51,7 +50,9 @@ def _child(
 ) -> None:
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    storage = open_storage(url, heartbeat_s=_HEARTBEAT_S, grace_s=_GRACE_S)
+    storage = open_storage(
+        url, heartbeat_s=_HEARTBEAT_S, grace_s=_GRACE_S, stale_trial_callback=RetryStaleCell()
+    )
     if mode == "lrstudy":
         study = load_grid_study(storage, name)
     else:
@@ -72,7 +73,9 @@ def _measure(
 ) -> tuple[float, int, int]:
     """Seconds, trials and cells of one run on a fresh study."""
     name = f"{mode}-{workers}"
-    storage = open_storage(url, heartbeat_s=_HEARTBEAT_S, grace_s=_GRACE_S)
+    storage = open_storage(
+        url, heartbeat_s=_HEARTBEAT_S, grace_s=_GRACE_S, stale_trial_callback=RetryStaleCell()
+    )
     if mode == "lrstudy":
         create_grid_study(storage, name, grid)
     else:
@@ -110,7 +113,7 @@ def main() -> int:
     from tests.postgres import PostgresServer, missing_reason
 
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["optuna", "storage", "study._grid", "study._worker"])
+    ctx.set_forkserver_preload(["optuna", "storage", "study.grid"])
     grid = _grid(args.cells)
     n_cells = len(grid["learning_rate"]) * len(grid["seed"])
     print(

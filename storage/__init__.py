@@ -1,4 +1,4 @@
-"""Storage URLs to Optuna storages, engine settings, and what the database must guarantee.
+"""Storage URLs to Optuna storages: engine settings, locks, reconnects; no grid semantics.
 
 ``StorageError`` and ``mask_url`` load at once (the CLI needs them for every command); the rest
 loads Optuna and SQLAlchemy on first use, so that ``lrstudy --help`` stays fast.
@@ -10,39 +10,30 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from storage._errors import StorageError
+from storage._filesystem import check_sqlite_local
 from storage._url import mask_url
 
 if TYPE_CHECKING:
-    from storage._engine import DEFAULT_MAX_RETRIES, LrstudyStorage, open_storage
+    from storage._engine import LrstudyStorage, open_storage
     from storage._lock import study_lock
-    from storage._retry import INTERRUPTED, RetryStaleCell, requeue_cell, retries_used
     from storage._transient import call_reconnecting, is_connection_error
 
 _LAZY = {
-    "DEFAULT_MAX_RETRIES": "storage._engine",
     "LrstudyStorage": "storage._engine",
     "open_storage": "storage._engine",
     "study_lock": "storage._lock",
-    "INTERRUPTED": "storage._retry",
-    "RetryStaleCell": "storage._retry",
-    "requeue_cell": "storage._retry",
-    "retries_used": "storage._retry",
     "call_reconnecting": "storage._transient",
     "is_connection_error": "storage._transient",
 }
 
 __all__ = [
-    "DEFAULT_MAX_RETRIES",
-    "INTERRUPTED",
     "LrstudyStorage",
-    "RetryStaleCell",
     "StorageError",
     "call_reconnecting",
+    "check_sqlite_local",
     "is_connection_error",
     "mask_url",
     "open_storage",
-    "requeue_cell",
-    "retries_used",
     "study_lock",
 ]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,8 @@ import sqlalchemy
 from sqlalchemy import event
 
 from storage._errors import StorageError
-from storage._retry import RetryStaleCell
 from storage._url import ParsedURL, mask_url, parse_url
 
-DEFAULT_MAX_RETRIES = 2
 _SQLITE_BUSY_TIMEOUT_S = 120
 _POSTGRES_CONNECT_TIMEOUT_S = 10
 _CREATE_ATTEMPTS = 5
@@ -78,7 +77,7 @@ def open_storage(
     *,
     heartbeat_s: int | None = None,
     grace_s: int | None = None,
-    max_retries: int | None = None,
+    stale_trial_callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
     existing: bool = False,
 ) -> optuna.storages.RDBStorage:
     """Open the study database at ``url``, creating Optuna's tables on first use.
@@ -88,9 +87,9 @@ def open_storage(
 
     Note:
         With ``heartbeat_s`` set, a RUNNING trial whose heartbeat is older than ``grace_s`` is
-        failed by the next worker that looks, and its cell re-queued as a WAITING trial with the
-        same ``grid_id``, as long as the cell has retries left (shared with failures of the
-        objective). Safe to call from many processes at once, also on a fresh database.
+        failed by the next process that calls ``optuna.storages.fail_stale_trials``, which then
+        calls ``stale_trial_callback`` (as Optuna's ``heartbeat_stale_trial_callback``). Safe to
+        call from many processes at once, also on a fresh database.
 
     Args:
         url: ``sqlite:///PATH.db`` or ``postgresql://USER:PASSWORD@HOST:PORT/DBNAME``; query
@@ -99,7 +98,8 @@ def open_storage(
             heartbeat, so dead workers' trials are never failed).
         grace_s: Seconds without a heartbeat before a running trial counts as dead. Defaults to
             `None` (twice ``heartbeat_s``).
-        max_retries: Retries of a cell whose worker died. Defaults to `None` (2).
+        stale_trial_callback: Called with the study and each trial failed as stale, e.g. to
+            queue it again. Defaults to `None`.
         existing: Refuse an SQLite file that does not exist yet, instead of creating it: the
             commands that only read or join a study must not leave an empty database behind
             a mistyped path. Defaults to `False`.
@@ -117,11 +117,6 @@ def open_storage(
             f"grace_s ({grace_s}) must be longer than heartbeat_s ({heartbeat_s}), or live "
             f"trials count as dead between two beats; use e.g. grace_s={4 * heartbeat_s}"
         )
-    if max_retries is not None and max_retries < 0:
-        raise StorageError(
-            f"max_retries must be 0 or more; got {max_retries}; pass e.g. max_retries=2"
-        )
-    retries = DEFAULT_MAX_RETRIES if max_retries is None else max_retries
     for attempt in range(1, _CREATE_ATTEMPTS + 1):
         try:
             return LrstudyStorage(
@@ -130,7 +125,7 @@ def open_storage(
                 engine_kwargs=_engine_kwargs(parsed),
                 heartbeat_interval=heartbeat_s,
                 grace_period=grace_s,
-                heartbeat_stale_trial_callback=RetryStaleCell(retries) if heartbeat_s else None,
+                heartbeat_stale_trial_callback=stale_trial_callback,
             )
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
             # Processes opening a fresh database together race to create the tables; the
@@ -138,11 +133,12 @@ def open_storage(
             if attempt < _CREATE_ATTEMPTS and _is_creation_race(e):
                 time.sleep(random.uniform(0.05, 0.3))
                 continue
+            # No cause chained: the driver's error can quote the URL, password included.
             raise _storage_error(parsed, url, e) from None
         except RuntimeError as e:
             if "compatible" not in str(e):  # Optuna's "no longer compatible" schema message.
                 raise
-            raise _storage_error(parsed, url, e) from None
+            raise _storage_error(parsed, url, e) from None  # may quote the URL, as above
     raise AssertionError("unreachable")
 
 

@@ -58,7 +58,7 @@ def call_reconnecting(fn: Callable[[], T], *, what: str, outage_s: float = DEFAU
                 raise StorageError(
                     f"the database stayed unreachable for {outage_s:.0f} s while {what}; "
                     "check that the server runs and the network reaches it"
-                ) from None
+                ) from e
             _logger.warning("database unreachable while %s; retrying in %.1f s", what, delay)
             time.sleep(delay + random.uniform(0, delay / 2))
             delay = min(delay * 2, 5.0)

@@ -48,6 +48,7 @@ def parse_url(url: str) -> ParsedURL:
     try:
         parsed = make_url(text)
     except ArgumentError:
+        # No cause chained: SQLAlchemy's message quotes the URL, password included.
         raise StorageError(
             f"storage URL {mask_url(text)!r} is malformed; expected {_FORMS}"
         ) from None

@@ -1,5 +1,5 @@
 import sys
 
-from study._cli import main
+from study.cli import main
 
 sys.exit(main())

@@ -32,10 +32,16 @@ import pytest
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from storage import call_reconnecting, open_storage, retries_used
-from study._cli import main
-from study._grid import cell_key, create_grid_study, load_grid_study
-from study._worker import run_worker
+from storage import call_reconnecting, open_storage
+from study.cli import main
+from study.grid import (
+    RetryStaleCell,
+    create_grid_study,
+    load_grid_study,
+    retries_used,
+    run_worker,
+)
+from study.spec import cell_key
 from tests.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +50,7 @@ CELLS = sorted(cell_key({"learning_rate": lr, "seed": s}) for lr in GRID["learni
                for s in GRID["seed"])  # fmt: skip
 PHASES = ("caching", "epoch", "evaluation", "reporting")
 _CTX = multiprocessing.get_context("forkserver")
-_CTX.set_forkserver_preload(["optuna", "storage", "study._grid", "study._worker", __name__])
+_CTX.set_forkserver_preload(["optuna", "storage", "study.grid", __name__])
 
 # A small real protocol: small_cnn at 32 px on the test's own images.
 QUICK = (
@@ -106,7 +112,7 @@ def _write_atomic(path: Path, text: str) -> None:
 def _work(storage: BaseStorage, worker_id: str, objective: PhasedObjective) -> None:
     logging.basicConfig(filename=objective.folder / f"log-{worker_id}", level=logging.INFO)
     study = call_reconnecting(lambda: load_grid_study(storage, "lr"), what="loading")
-    run_worker(study, objective, worker_id=worker_id, max_retries=8, poll_s=0.2)
+    run_worker(study, objective, worker_id=worker_id, poll_s=0.2)
 
 
 class Crew:
@@ -209,8 +215,10 @@ def test_seeded_sigkills_over_a_grid_lose_no_cell_and_at_most_one_epoch(
     storage_url: str, workers: int, seed: int, tmp_path: Path
 ) -> None:
     # A grace of 5 heartbeats: on 2 busy cores a live worker's beat can be seconds late.
-    storage = open_storage(storage_url, heartbeat_s=1, grace_s=5, max_retries=8)
-    create_grid_study(storage, "lr", GRID)
+    storage = open_storage(
+        storage_url, heartbeat_s=1, grace_s=5, stale_trial_callback=RetryStaleCell()
+    )
+    create_grid_study(storage, "lr", GRID, max_retries=8)
     objective = PhasedObjective(tmp_path)
     crew = Crew(storage, objective, workers)
     killed = _kill_schedule(crew, random.Random(seed), kills=6)
@@ -240,7 +248,12 @@ def test_postgresql_restart_with_a_worker_killed_meanwhile_leaves_no_trial_runni
 ) -> None:
     # The outage (about 4 s) stays within the grace period, so live trials are not failed as
     # stale; the killed one is failed once the grace period has passed.
-    storage = open_storage(postgres_server.create_database(), heartbeat_s=1, grace_s=10)
+    storage = open_storage(
+        postgres_server.create_database(),
+        heartbeat_s=1,
+        grace_s=10,
+        stale_trial_callback=RetryStaleCell(),
+    )
     create_grid_study(storage, "lr", GRID)
     objective = PhasedObjective(tmp_path, phase_s=0.25)
     crew = Crew(storage, objective, 3)
@@ -345,15 +358,15 @@ def keras_loaded() -> None:
 
 def _in_process_cell(tmp_path: Path, data: Path, cache: str, url: str, artifacts: Path):
     """The study of one real cell, and a worker running it in this process."""
-    from study._objective import CellObjective
-    from study._spec import create_from_spec, load_preset
+    from study.grid import CellObjective, create_from_spec
+    from study.spec import load_preset
 
     overrides = [arg for arg in shlex.split(QUICK) if arg != "--set"]
     spec = load_preset(
         "paper",
         [*overrides, "grid.learning_rate=[0.01]", "grid.seed=[0]", "train.epochs=2"],
     ).with_locations(storage=url, data_root=str(data), cache_dir=cache, artifacts=str(artifacts))
-    storage = open_storage(url, heartbeat_s=1, grace_s=3)
+    storage = open_storage(url, heartbeat_s=1, grace_s=3, stale_trial_callback=RetryStaleCell())
     study, _ = create_from_spec(storage, spec)
 
     def work(after_trial: Callable[[optuna.Study], None] | None = None) -> None:
@@ -610,7 +623,7 @@ def _dashboard_binds_loopback_only(url: str) -> bool:
 
 
 def test_serving_defaults_are_loopback() -> None:
-    from study._cli import build_parser
+    from study.cli import build_parser
 
     parsed = build_parser().parse_args(["dashboard", "--storage", "sqlite:///x.db"])
     assert parsed.host == "127.0.0.1"

@@ -4,10 +4,12 @@ from trainer._atomic import write_atomic
 from trainer._cache import PREPROCESS_VERSION, default_cache_dir
 from trainer._check import DataReport, PartCounts, check_dataset
 from trainer._checkpoint import Checkpoint, CheckpointWriter, load_checkpoint, save_checkpoint
-from trainer._config import TEST_WEIGHTS, CellConfig
+from trainer._config import TEST_WEIGHTS, CellConfig, TrainConfig, train_keys
 from trainer._dataset import DataConfig, Dataset, Part, load_dataset, parse_ratios
 from trainer._environment import environment_record
-from trainer._errors import InputError
+from trainer._errors import ConfigError, InputError
+from trainer._lr_find import LR_FIND_FILE, LrFindResult, LrFindRow, find_learning_rate
+from trainer._lr_find import write_csv as write_lr_find_csv
 from trainer._metrics import TEST_METRICS, BinaryMetrics, binary_metrics, validation_metrics
 from trainer._model import MIN_IMAGE_SIZE, MODELS, OPTIMIZERS, build_base, build_model
 from trainer._patients import CLASS_NAMES, patient_id
@@ -16,9 +18,11 @@ from trainer._split import PAPER_COUNTS, SPLITS, split_records
 from trainer._train import (
     HISTORY_COLUMNS,
     CellResult,
+    CellSetup,
     EpochHook,
     json_safe,
     seed_and_determinism,
+    set_up_cell,
     train_cell,
     use_deterministic_xla,
 )
@@ -26,6 +30,7 @@ from trainer._train import (
 __all__ = [
     "CLASS_NAMES",
     "HISTORY_COLUMNS",
+    "LR_FIND_FILE",
     "MIN_IMAGE_SIZE",
     "MODELS",
     "OPTIMIZERS",
@@ -39,8 +44,10 @@ __all__ = [
     "BinaryMetrics",
     "CellConfig",
     "CellResult",
+    "CellSetup",
     "Checkpoint",
     "CheckpointWriter",
+    "ConfigError",
     "DataConfig",
     "DataReport",
     "Dataset",
@@ -48,15 +55,19 @@ __all__ = [
     "IgnoredFolder",
     "ImageRecord",
     "InputError",
+    "LrFindResult",
+    "LrFindRow",
     "Part",
     "PartCounts",
     "ScanResult",
+    "TrainConfig",
     "binary_metrics",
     "build_base",
     "build_model",
     "check_dataset",
     "default_cache_dir",
     "environment_record",
+    "find_learning_rate",
     "json_safe",
     "load_checkpoint",
     "load_dataset",
@@ -65,11 +76,14 @@ __all__ = [
     "save_checkpoint",
     "scan",
     "seed_and_determinism",
+    "set_up_cell",
     "split_records",
     "train_cell",
+    "train_keys",
     "use_deterministic_xla",
     "validation_metrics",
     "write_atomic",
+    "write_lr_find_csv",
 ]
 
 

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -160,7 +161,12 @@ def _verified(npy: str, expected: str | None) -> bool:
 
 def _file_sha256(path: str) -> str:
     with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+        if sys.version_info >= (3, 11):
+            return hashlib.file_digest(file, "sha256").hexdigest()
+        digest = hashlib.sha256()  # Python 3.10 has no hashlib.file_digest
+        for chunk in iter(functools.partial(file.read, 1 << 20), b""):
+            digest.update(chunk)
+        return digest.hexdigest()
 
 
 def _build(

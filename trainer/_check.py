@@ -93,7 +93,7 @@ def check_dataset(config: DataConfig, *, workers: int | None = None) -> DataRepo
         InputError: the folder or the split cannot be used at all (a missing class folder,
             the kaggle split of a flat pool). Undecodable images are reported, not raised.
     """
-    scanned = scan(config.root)
+    scanned = scan(config.folder())
     paths = [record.path for record in scanned.records]
     bad = find_undecodable(scanned.root, paths, workers=workers)
     bad_rows = {i for i, record in enumerate(scanned.records) if record.path in bad}

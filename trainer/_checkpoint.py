@@ -18,7 +18,7 @@ import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -124,7 +124,9 @@ def _snapshot(
         for i, variable in enumerate(model.optimizer.variables):
             entries[f"optimizer/{i:05d}"] = _owned_copy(variable)
     python_rng = random.getstate()
-    numpy_rng = np.random.get_state()
+    # numpy's stubs type the no-argument call as the legacy=False dict; the default is
+    # legacy=True, which for the global MT19937 state gives this tuple.
+    numpy_rng = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     meta = {
         "format": _FORMAT,
         "state": state,
@@ -150,7 +152,8 @@ def _write(target: Path, entries: dict[str, np.ndarray]) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             with open(temporary, "wb") as file:
-                np.savez(file, **entries)
+                # mypy matches **entries against savez's allow_pickle: bool; no key is that.
+                np.savez(file, **cast("dict[str, Any]", entries))
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temporary, target)

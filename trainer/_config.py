@@ -1,15 +1,20 @@
-"""The plain config of one grid cell, checked when it is made."""
+"""The plain configs of training: the protocol every cell shares, and one grid cell.
+
+Each ``TrainConfig`` field carries its own check and help text, so the spec, the presets, the
+commented TOML of ``lrstudy init`` and the flags of ``lrstudy train`` all derive from it:
+adding a training key takes the field (with its check and help), and its use in the trainer.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from trainer import _checks
 from trainer._dataset import DataConfig
-from trainer._errors import InputError
+from trainer._errors import ConfigError
 from trainer._model import MIN_IMAGE_SIZE, MODELS, OPTIMIZERS
 
 TEST_WEIGHTS = ("last", "best")
@@ -20,12 +25,120 @@ _RESUMABLE_CHANGES = ("out_dir", "epochs", "eval_batch_size")
 _DATA_LOCATIONS = ("root", "cache_dir")
 
 
-@dataclass(frozen=True)
-class CellConfig:
-    """Everything that defines one (learning rate, seed) cell and where its files go.
+def _jit_compile(key: str, value: Any) -> bool | str:
+    if value != "auto" and not isinstance(value, bool):
+        raise ConfigError(key, '"auto", true or false', value)
+    return value
 
-    Every value is checked on creation; a bad one raises ``InputError`` naming the field, the
-    rule, the value and the command-line flag that sets it.
+
+def _key(default: Any, check: _checks.Check, help: str, *, axis: bool = True) -> Any:
+    """A training key: its default, its check, one line of help, and whether it may be a grid
+    axis (a key that changes only how fast a cell runs is none)."""
+    return field(default=default, metadata={"check": check, "help": help, "axis": axis})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training protocol of a study: what every cell shares but its learning rate and seed.
+
+    The defaults are Kim & Ye (2022)'s protocol. Each value is checked on creation; a bad one
+    raises ``ConfigError`` naming the field.
+
+    Args:
+        model: ``"inception_v3"`` or ``"small_cnn"``. Defaults to `"inception_v3"`.
+        weights: ``"imagenet"``, ``"none"`` or the path of a no-top base weights file.
+            Defaults to `"imagenet"`, as Keras does.
+        image_size: Side of the square input in pixels; >= 75 for Inception V3, >= 32 for
+            the small CNN. Defaults to `224`.
+        epochs: Epochs to train. Defaults to `60`.
+        batch_size: Training batch size. Defaults to `8`.
+        eval_batch_size: Batch size of validation and test predictions; results do not depend
+            on it. Defaults to `64`.
+        optimizer: ``"adam"``, ``"sgd"`` or ``"rmsprop"``. Defaults to `"adam"`.
+        test_weights: Evaluate the test part with the ``"last"`` epoch's weights or the
+            ``"best"`` validation epoch's. Defaults to `"last"`, as a plain Keras run gives.
+        deterministic: Switch on the backend's deterministic kernels (slower on GPU).
+            Defaults to `True`.
+        mixed_precision: Compute in float16 with float32 weights and a float32 sigmoid head,
+            the loss scaled by Keras; faster on GPUs, but results differ from float32 ones.
+            Defaults to `False`.
+        jit_compile: Compile the training and prediction steps with XLA: ``"auto"`` (Keras's
+            choice: on under JAX, on under TensorFlow only with a GPU and without
+            ``deterministic``), ``True`` or ``False``. Defaults to `"auto"`.
+    """
+
+    model: str = _key(
+        "inception_v3",
+        _checks.choice(MODELS),
+        '"inception_v3" (the paper) or "small_cnn" (three conv blocks, for smoke runs)',
+    )
+    weights: str = _key(
+        "imagenet",
+        _checks.string,
+        '"imagenet" (downloaded by Keras once), "none", or a local weights file',
+    )
+    image_size: int = _key(
+        224, _checks.integer(1), "pixels per side; Inception V3 needs at least 75"
+    )
+    epochs: int = _key(60, _checks.integer(1), "epochs of training")
+    batch_size: int = _key(8, _checks.integer(1), "training batch size")
+    eval_batch_size: int = _key(
+        64, _checks.integer(1), "evaluation only; results do not depend on it"
+    )
+    optimizer: str = _key("adam", _checks.choice(OPTIMIZERS), '"adam", "sgd" or "rmsprop"')
+    test_weights: str = _key(
+        "last",
+        _checks.choice(TEST_WEIGHTS),
+        'test the "last" or the "best" (by val_accuracy) epoch\'s weights',
+    )
+    deterministic: bool = _key(
+        True, _checks.boolean, "reproducible to the last digit; slower on GPUs"
+    )
+    mixed_precision: bool = _key(
+        False,
+        _checks.boolean,
+        "float16 compute, float32 head: faster on GPUs, changes results (docs/performance.md)",
+    )
+    jit_compile: bool | str = _key(
+        "auto",
+        _jit_compile,
+        '"auto" (Keras decides), true or false: XLA compilation of the steps',
+        axis=False,
+    )
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(TrainConfig):
+            item.metadata["check"](item.name, getattr(self, item.name))
+        minimum = MIN_IMAGE_SIZE[self.model]
+        if self.image_size < minimum:
+            raise ConfigError(
+                "image_size", f"an integer >= {minimum} for {self.model}", self.image_size
+            )
+        if self.weights == "imagenet" and self.model != "inception_v3":
+            raise ConfigError(
+                "weights",
+                f'"none" or a weights file: {self.model} has no ImageNet weights',
+                self.weights,
+            )
+        if self.weights not in ("imagenet", "none") and not os.path.isfile(self.weights):
+            raise ConfigError(
+                "weights", '"imagenet", "none" or an existing weights file', self.weights,
+                "check the path",
+            )  # fmt: skip
+
+
+def train_keys(*, axes_only: bool = False) -> dict[str, dataclasses.Field[Any]]:
+    """The training keys by name, in the protocol's order (only grid-axis keys on request)."""
+    return {
+        item.name: item
+        for item in dataclasses.fields(TrainConfig)
+        if item.metadata["axis"] or not axes_only
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class CellConfig(TrainConfig):
+    """One grid cell: the protocol, its learning rate and seed, its data and its folder.
 
     Args:
         data: Dataset root and split (see ``DataConfig``).
@@ -33,81 +146,36 @@ class CellConfig:
         seed: Seeds weight initialisation and batch order; an int >= 0.
         out_dir: Folder for ``result.json``, ``predictions.csv``, ``history.csv`` and the
             checkpoint; a later run with ``resume`` continues from what is there.
-        epochs: Epochs to train. Defaults to `60`, as in the paper.
-        batch_size: Training batch size. Defaults to `8`, as in the paper.
-        eval_batch_size: Batch size of validation and test predictions; results do not depend
-            on it. Defaults to `64`.
-        image_size: Side of the square input in pixels; >= 75 for Inception V3, >= 32 for
-            the small CNN. Defaults to `224`.
-        optimizer: ``"adam"``, ``"sgd"`` or ``"rmsprop"``. Defaults to `"adam"`.
-        weights: ``"imagenet"``, ``"none"`` or the path of a no-top base weights file.
-            Defaults to `"imagenet"`, as Keras does.
-        model: ``"inception_v3"`` or ``"small_cnn"``. Defaults to `"inception_v3"`.
-        test_weights: Evaluate the test part with the ``"last"`` epoch's weights or the
-            ``"best"`` validation epoch's. Defaults to `"last"`, as a plain Keras run gives.
-        deterministic: Switch on the backend's deterministic kernels (slower on GPU).
-            Defaults to `True`.
-        mixed_precision: Compute in float16 with float32 weights and a float32 sigmoid head,
-            the loss scaled by Keras; faster on GPUs, but results differ from float32 ones.
-            Defaults to `False`, as in the paper.
-        jit_compile: Compile the training and prediction steps with XLA: ``"auto"`` (Keras's
-            choice: on under JAX, on under TensorFlow only with a GPU and without
-            ``deterministic``), ``True`` or ``False``. Defaults to `"auto"`.
+        **protocol: The ``TrainConfig`` fields.
     """
 
     data: DataConfig
     learning_rate: float
     seed: int
     out_dir: str
-    epochs: int = 60
-    batch_size: int = 8
-    eval_batch_size: int = 64
-    image_size: int = 224
-    optimizer: str = "adam"
-    weights: str = "imagenet"
-    model: str = "inception_v3"
-    test_weights: str = "last"
-    deterministic: bool = True
-    mixed_precision: bool = False
-    jit_compile: bool | str = "auto"
 
     def __post_init__(self) -> None:
-        lr = self.learning_rate
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
-            raise InputError(f"learning_rate (--lr) must be a finite number > 0; got {lr!r}")
-        if lr <= 0:
-            raise InputError(f"learning_rate (--lr) must be > 0, e.g. 0.001; got {lr!r}")
-        _check_int("seed (--seed)", self.seed, 0)
-        _check_int("epochs (--epochs)", self.epochs, 1)
-        _check_int("batch_size (--batch-size)", self.batch_size, 1)
-        _check_int("eval_batch_size (--eval-batch-size)", self.eval_batch_size, 1)
-        _check_choice("model (--model)", self.model, MODELS)
-        _check_choice("optimizer (--optimizer)", self.optimizer, OPTIMIZERS)
-        _check_choice("test_weights (--test-weights)", self.test_weights, TEST_WEIGHTS)
-        minimum = MIN_IMAGE_SIZE[self.model]
-        _check_int(f"image_size (--image-size) of {self.model}", self.image_size, minimum)
-        if self.weights == "imagenet" and self.model != "inception_v3":
-            raise InputError(
-                f"weights (--weights): model {self.model} has no ImageNet weights; got "
-                "'imagenet'; use --weights none or the path of a weights file"
-            )
-        if self.weights not in ("imagenet", "none") and not os.path.isfile(self.weights):
-            raise InputError(
-                "weights (--weights) must be 'imagenet', 'none' or an existing weights file; "
-                f"got {self.weights!r}; check the path"
-            )
-        if not isinstance(self.deterministic, bool):
-            raise InputError(f"deterministic must be true or false; got {self.deterministic!r}")
-        if not isinstance(self.mixed_precision, bool):
-            raise InputError(
-                f"mixed_precision must be true or false; got {self.mixed_precision!r}"
-            )
-        if self.jit_compile != "auto" and not isinstance(self.jit_compile, bool):
-            raise InputError(
-                f'jit_compile must be "auto", true or false; got {self.jit_compile!r}'
-            )
-        if not self.out_dir:
-            raise InputError("out_dir (--out) must name a folder; got an empty value")
+        _checks.positive_number("learning_rate", self.learning_rate)
+        _checks.integer(0)("seed", self.seed)
+        if not isinstance(self.out_dir, str) or not self.out_dir:
+            raise ConfigError("out_dir", "a folder path", self.out_dir)
+        super().__post_init__()
+
+    @classmethod
+    def of(
+        cls,
+        protocol: TrainConfig,
+        *,
+        data: DataConfig,
+        learning_rate: float,
+        seed: int,
+        out_dir: str,
+        **changes: Any,
+    ) -> CellConfig:
+        """The cell of ``protocol`` with these values (``changes``: training keys to override)."""
+        values = {item.name: getattr(protocol, item.name) for item in dataclasses.fields(protocol)}
+        values.update(changes)
+        return cls(data=data, learning_rate=learning_rate, seed=seed, out_dir=out_dir, **values)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict that ``from_dict`` turns back into an equal config."""
@@ -132,13 +200,3 @@ class CellConfig:
         for name in _DATA_LOCATIONS:
             values["data"].pop(name)
         return values
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}; got {value!r}")
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise InputError(f"{name} must be one of {', '.join(choices)}; got {value!r}")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from trainer import _checks
 from trainer._cache import PREPROCESS_VERSION, open_pool_cache
 from trainer._errors import InputError
 from trainer._scan import PART_NAMES, ImageRecord, scan
@@ -24,7 +24,8 @@ class DataConfig:
 
     Args:
         root: Dataset folder, in the Kaggle layout ``ROOT/{train,val,test}/{NORMAL,PNEUMONIA}``
-            or flat ``ROOT/{NORMAL,PNEUMONIA}``.
+            or flat ``ROOT/{NORMAL,PNEUMONIA}``; each machine may have its own. Defaults to
+            `None` (not known yet: a study's spec may leave it to ``--data``).
         split: ``"paper"`` (Table 2 of Kim & Ye; proportional on another pool), ``"kaggle"``
             (the folders as they are) or ``"ratios"``. Defaults to `"paper"`.
         split_seed: Seed of the patient assignment and of ``limit_per_class``. Defaults to `0`.
@@ -38,7 +39,7 @@ class DataConfig:
             Defaults to `False`.
     """
 
-    root: str
+    root: str | None = None
     split: str = "paper"
     split_seed: int = 0
     ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
@@ -47,38 +48,21 @@ class DataConfig:
     skip_bad: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.root, str) or not self.root:
+        _checks.optional(_checks.string)("root", self.root)
+        _checks.choice(SPLITS)("split", self.split)
+        _checks.integer(0)("split_seed", self.split_seed)
+        object.__setattr__(self, "ratios", _checks.ratios("ratios", self.ratios))
+        _checks.optional(_checks.integer(1))("limit_per_class", self.limit_per_class)
+        _checks.optional(_checks.string)("cache_dir", self.cache_dir)
+        _checks.boolean("skip_bad", self.skip_bad)
+
+    def folder(self) -> str:
+        """``root``, which reading the data needs."""
+        if self.root is None:
             raise InputError(
-                f"root must be the dataset folder as a non-empty string; got {self.root!r}. "
-                "Pass DATA, e.g. ~/chest_xray."
+                "the dataset folder is not set; pass DATA (--data DIR) or set data.root"
             )
-        if self.split not in SPLITS:
-            raise InputError(
-                f"split must be one of {', '.join(SPLITS)}; got {self.split!r}. "
-                "Use --split paper to reproduce the paper's Table 2."
-            )
-        if not _is_int(self.split_seed) or self.split_seed < 0:
-            raise InputError(
-                f"split_seed must be a non-negative integer; got {self.split_seed!r}. "
-                "Use e.g. --split-seed 0."
-            )
-        object.__setattr__(self, "ratios", _checked_ratios(self.ratios))
-        if self.limit_per_class is not None and (
-            not _is_int(self.limit_per_class) or self.limit_per_class < 1
-        ):
-            raise InputError(
-                f"limit_per_class must be a positive integer or None; got "
-                f"{self.limit_per_class!r}. Use e.g. --limit-per-class 150, or omit it."
-            )
-        if self.cache_dir is not None and (
-            not isinstance(self.cache_dir, str) or not self.cache_dir
-        ):
-            raise InputError(
-                f"cache_dir must be a folder path or None; got {self.cache_dir!r}. "
-                "Pass --cache-dir DIR or leave it out for the per-user cache."
-            )
-        if not isinstance(self.skip_bad, bool):
-            raise InputError(f"skip_bad must be True or False; got {self.skip_bad!r}.")
+        return self.root
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,7 +105,7 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
             f"--ratios must be three comma-separated numbers (train,val,test); got {text!r}. "
             "Use e.g. --ratios 0.7,0.15,0.15."
         )
-    return _checked_ratios(values)
+    return _checks.ratios("ratios", values)
 
 
 def load_dataset(config: DataConfig, image_size: int, *, workers: int | None = None) -> Dataset:
@@ -142,7 +126,7 @@ def load_dataset(config: DataConfig, image_size: int, *, workers: int | None = N
             f"image_size must be an integer of at least 8 pixels; got {image_size!r}. "
             "Use e.g. --image-size 224."
         )
-    scanned = scan(config.root)
+    scanned = scan(config.folder())
     if config.split == "kaggle":
         split_records(scanned.records, "kaggle")  # refuse a flat pool before decoding anything
     cache = open_pool_cache(
@@ -227,23 +211,6 @@ def _fingerprint(
         },
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _checked_ratios(ratios: object) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(value) for value in ratios)  # type: ignore[attr-defined]
-    except (TypeError, ValueError):
-        values = ()
-    if (
-        len(values) != 3
-        or not all(math.isfinite(value) and value > 0 for value in values)
-        or not math.isclose(sum(values), 1.0, abs_tol=1e-6)
-    ):
-        raise InputError(
-            f"ratios must be three positive shares (train, val, test) summing to 1; "
-            f"got {ratios!r}. Use e.g. --ratios 0.7,0.15,0.15."
-        )
-    return values  # type: ignore[return-value]
 
 
 def _is_int(value: object) -> bool:

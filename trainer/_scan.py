@@ -82,6 +82,8 @@ def scan(root: str) -> ScanResult:
         )
     root, macos = _find_root(given)
     layout = _layout(root)
+    assert layout is not None  # _find_root returns a folder that holds a layout
+    folders: list[tuple[str | None, str]]
     if layout == "kaggle":
         present = [part for part in PART_NAMES if os.path.isdir(os.path.join(root, part))]
         missing = tuple(part for part in PART_NAMES if part not in present)
@@ -149,7 +151,8 @@ def _subfolders(folder: str) -> list[str]:
 def _find_root(given: str) -> tuple[str, list[str]]:
     """The shallowest folder at or below GIVEN that holds a layout, and the __MACOSX folders
     passed on the way down."""
-    level, macos = [given], []
+    level = [given]
+    macos: list[str] = []
     for _ in range(SEARCH_DEPTH + 1):
         found = [folder for folder in level if _layout(folder)]
         if len(found) > 1:

@@ -108,7 +108,7 @@ def _split_groups(
         for i in patients[name]:
             counts[g, records[i].label] += 1
     part_of = _assign(counts, targets, np.random.default_rng(seed))
-    parts = {part: [] for part in PART_NAMES}
+    parts: dict[str, list[int]] = {part: [] for part in PART_NAMES}
     for g, name in enumerate(names):
         parts[PART_NAMES[part_of[g]]].extend(patients[name])
     result = {part: sorted(members) for part, members in parts.items()}

@@ -25,7 +25,7 @@ from trainer._metrics import binary_metrics, validation_metrics
 if TYPE_CHECKING:
     import keras
 
-    from trainer._dataset import Part
+    from trainer._dataset import Dataset, Part
     from trainer._feed import BatchFeed
 
 _logger = logging.getLogger(__name__)
@@ -97,6 +97,67 @@ def use_deterministic_xla() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} {_XLA_DETERMINISM_FLAG}".strip()
 
 
+@dataclass(frozen=True, eq=False)
+class CellSetup:
+    """What a cell trains: its data, its compiled model in its seeded initial state, and the
+    training feed whose batch order follows the cell's seed (call ``set_epoch`` before each
+    epoch)."""
+
+    dataset: Dataset
+    model: keras.Model
+    train_feed: BatchFeed
+
+
+def set_up_cell(
+    config: CellConfig, check_data: Callable[[Dataset], None] | None = None
+) -> CellSetup:
+    """Load the data and build the model and feed of one cell, seeded as the cell's config says.
+
+    ``train_cell`` and the learning-rate range test both start here, so the range test sees the
+    very model, weights, optimizer and batch order that a grid cell trains.
+
+    Args:
+        config: The cell; the optimizer is compiled with its ``learning_rate``.
+        check_data: Called with the loaded dataset before Keras is imported (seconds), so that
+            a check on the data (``train_cell``'s checkpoint check) answers at once.
+            Defaults to `None`.
+
+    Raises:
+        InputError: A bad dataset, a weights file that does not fit, or unreachable ImageNet
+            weights; or what ``check_data`` raises.
+    """
+    from trainer._dataset import load_dataset
+    from trainer._model import build_model, check_imagenet_reachable
+
+    if config.weights == "imagenet":
+        check_imagenet_reachable()  # before the dataset, whose first cache build takes minutes
+    dataset = load_dataset(config.data, config.image_size)
+    if check_data is not None:
+        check_data(dataset)
+    # Keras (seconds to import) loads only now, so the checks above answer at once.
+    from trainer._feed import BatchFeed
+
+    _share_gpu_memory()
+    seed_and_determinism(config.seed, config.deterministic)
+    model = build_model(
+        config.model,
+        config.image_size,
+        config.weights,
+        optimizer=config.optimizer,
+        learning_rate=config.learning_rate,
+        mixed_precision=config.mixed_precision,
+        jit_compile=config.jit_compile,
+    )
+    if config.jit_compile is True and not model.jit_compile:
+        _logger.warning(
+            "cell %s: jit_compile true was turned off by Keras (TensorFlow's op determinism "
+            "excludes XLA); set deterministic false to compile",
+            _cell_name(config),
+        )
+    train_feed = BatchFeed(dataset.train, config.batch_size, shuffle=True, seed=config.seed)
+    return CellSetup(dataset=dataset, model=model, train_feed=train_feed)
+
+
 def train_cell(
     config: CellConfig,
     hook: EpochHook | None = None,
@@ -127,37 +188,19 @@ def train_cell(
         InputError: A bad dataset, a weights file that does not fit, unreachable ImageNet
             weights, or a checkpoint in ``out_dir`` that cannot be resumed.
     """
-    from trainer._dataset import load_dataset
     from trainer._environment import environment_record
-    from trainer._model import build_model, check_imagenet_reachable
 
     started = time.perf_counter()
-    if config.weights == "imagenet":
-        check_imagenet_reachable()  # before the dataset, whose first cache build takes minutes
     out = Path(config.out_dir)
-    dataset = load_dataset(config.data, config.image_size)
     checkpoint_path = out / CHECKPOINT_FILE
-    previous = _resumable(checkpoint_path, config, dataset.fingerprint, resume)
-    # Keras (seconds to import) loads only now, so the checks above answer at once.
-    from trainer._feed import BatchFeed
+    previous: Checkpoint | None = None
 
-    _share_gpu_memory()
-    seed_and_determinism(config.seed, config.deterministic)
-    model = build_model(
-        config.model,
-        config.image_size,
-        config.weights,
-        optimizer=config.optimizer,
-        learning_rate=config.learning_rate,
-        mixed_precision=config.mixed_precision,
-        jit_compile=config.jit_compile,
-    )
-    if config.jit_compile is True and not model.jit_compile:
-        _logger.warning(
-            "cell %s: jit_compile true was turned off by Keras (TensorFlow's op determinism "
-            "excludes XLA); set deterministic false to compile",
-            _cell_name(config),
-        )
+    def check_checkpoint(dataset: Dataset) -> None:
+        nonlocal previous
+        previous = _resumable(checkpoint_path, config, dataset.fingerprint, resume)
+
+    cell = set_up_cell(config, check_checkpoint)
+    model, dataset = cell.model, cell.dataset
     state: dict[str, Any] = {
         "resume_key": config.resume_key(),
         "fingerprint": dataset.fingerprint,
@@ -171,9 +214,8 @@ def train_cell(
         state.update(previous.state)
         _logger.info("cell %s: resuming after epoch %d", _cell_name(config), _done(state))
 
-    train_feed = BatchFeed(dataset.train, config.batch_size, shuffle=True, seed=config.seed)
     with CheckpointWriter() as writer:  # writes overlap the next epoch; waits at the end
-        _run_epochs(model, train_feed, dataset.val, config, state, writer, hook, verbose)
+        _run_epochs(model, cell.train_feed, dataset.val, config, state, writer, hook, verbose)
 
     test = _test(model, dataset.test, config, state)
     predictions_path = out / PREDICTIONS_FILE

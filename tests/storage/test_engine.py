@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import pickle
 import sqlite3
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 import sqlalchemy
-from optuna.trial import TrialState
 
-from storage import LrstudyStorage, StorageError, call_reconnecting, open_storage, retries_used
-from study._grid import create_grid_study
+from storage import LrstudyStorage, StorageError, call_reconnecting, open_storage
 from tests.postgres import PostgresServer
-
-GRID = {"learning_rate": [0.1, 0.01], "seed": [0, 1]}
 
 
 def test_a_study_written_through_one_storage_is_read_through_another(storage_url: str) -> None:
@@ -70,33 +65,6 @@ def test_wrong_password_is_refused_and_masked(postgres_server: PostgresServer) -
 def test_missing_database_says_to_create_it(postgres_server: PostgresServer) -> None:
     with pytest.raises(StorageError, match=r"does not exist; .*createdb"):
         open_storage(postgres_server.url("no_such_db"))
-
-
-def test_stale_trial_is_failed_and_its_cell_requeued_within_budget(tmp_path: Path) -> None:
-    # PostgreSQL goes through the same path in test_worker's SIGKILL test.
-    storage = open_storage(
-        f"sqlite:///{tmp_path / 's.db'}", heartbeat_s=1, grace_s=2, max_retries=1
-    )
-    study = create_grid_study(storage, "s", GRID)
-    grid_id = study.trials[0].system_attrs["grid_id"]
-    for _ in range(2):
-        (trial_id,) = [
-            t._trial_id
-            for t in study.get_trials(states=(TrialState.WAITING,))
-            if t.system_attrs["grid_id"] == grid_id
-        ]
-        storage.record_heartbeat(trial_id)
-        assert storage.set_trial_state_values(trial_id, TrialState.RUNNING)
-        time.sleep(3.2)  # No heartbeat for longer than the grace period: the worker "died".
-        optuna.storages.fail_stale_trials(study)
-        assert storage.get_trial(trial_id).state == TrialState.FAIL
-    trials = study.get_trials()
-    same_cell = [t for t in trials if t.system_attrs["grid_id"] == grid_id]
-    # Original + one retry, both failed; the budget (1) is spent, so no third trial.
-    assert [t.state for t in same_cell] == [TrialState.FAIL, TrialState.FAIL]
-    assert retries_used(same_cell[1]) == 1
-    assert same_cell[1].system_attrs["retry_history"] == [same_cell[0].number]
-    assert len(trials) == 4 + 1
 
 
 def test_connections_survive_a_server_restart(postgres_server: PostgresServer) -> None:

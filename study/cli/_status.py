@@ -1,0 +1,25 @@
+"""``lrstudy status``: the grid cell by cell, read from the study database."""
+
+from __future__ import annotations
+
+import argparse
+
+from study.cli._common import quiet_optuna, storage_url, study_options
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    status = subparsers.add_parser(
+        "status", parents=[common, study_options()], help="Show the grid: each cell's state."
+    )
+    status.set_defaults(handler=_status)
+
+
+def _status(args: argparse.Namespace) -> int:
+    quiet_optuna()
+    from storage import open_storage
+    from study.grid import load_grid_study
+    from study.results import status_table
+
+    study = load_grid_study(open_storage(storage_url(args.storage), existing=True), args.study)
+    print(status_table(study))
+    return 0

@@ -1,0 +1,297 @@
+"""``lrstudy worker | launch | run``: train a study's cells, in one process or in many."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import TYPE_CHECKING
+
+from storage import check_sqlite_local
+from study.cli._common import (
+    BACKENDS,
+    STORAGE_ENV,
+    absolute,
+    data_folder,
+    quiet_optuna,
+    storage_url,
+    study_options,
+)
+from study.cli._create import create_study, spec_of, spec_options
+from trainer import InputError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from study.launch import LaunchSummary, Slot
+    from study.spec import StudySpec
+
+_logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    worker = subparsers.add_parser(
+        "worker",
+        parents=[common, study_options(), _location_options()],
+        help="Train cells of a study until none is left.",
+    )
+    worker.add_argument("--worker-id", metavar="ID", help="Default: HOST-PID.")
+    worker.set_defaults(handler=_worker)
+
+    launch = subparsers.add_parser(
+        "launch",
+        parents=[common, study_options(), _location_options(), _slot_options()],
+        help="Run local worker processes, one per GPU slot or CPU worker.",
+    )
+    launch.set_defaults(handler=_launch)
+
+    run = subparsers.add_parser(
+        "run",
+        parents=[common, spec_options(), _slot_options()],
+        help="Create or resume a study, run it here to the end, print the summary.",
+    )
+    _add_backend(run)
+    run.set_defaults(handler=_run)
+
+
+def _location_options() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        help="This machine's dataset folder (or kaggle), if not the stored one.",
+    )
+    parser.add_argument("--cache-dir", metavar="DIR", help="This machine's image cache folder.")
+    parser.add_argument(
+        "--artifacts", metavar="DIR", help="This machine's artifacts folder (checkpoints)."
+    )
+    _add_backend(parser)
+    return parser
+
+
+def _add_backend(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend", choices=BACKENDS, help="Keras backend of the workers (KERAS_BACKEND)."
+    )
+
+
+def _slot_options() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    slots = parser.add_mutually_exclusive_group()
+    slots.add_argument("--gpus", metavar="LIST", help="GPU indices like 0,1,3, or all.")
+    slots.add_argument("--workers", type=int, metavar="N", help="Run N CPU workers.")
+    parser.add_argument(
+        "--per-gpu", type=int, default=1, metavar="K", help="Workers per GPU (default 1)."
+    )
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="Restarts of a worker that dies unexpectedly (default 3).",
+    )
+    return parser
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from study.launch import follow_launcher
+
+    follow_launcher()
+    url = storage_url(args.storage)
+    check_sqlite_local(url)
+    if args.backend:
+        os.environ["KERAS_BACKEND"] = args.backend  # before anything imports Keras
+    quiet_optuna()
+    from storage import open_storage
+    from study.grid import (
+        CellObjective,
+        RetryStaleCell,
+        load_grid_study,
+        run_worker,
+        spec_from_study,
+    )
+
+    spec = spec_from_study(load_grid_study(open_storage(url, existing=True), args.study), url)
+    spec = spec.with_locations(
+        data_root=absolute(data_folder(args.data)),
+        cache_dir=absolute(args.cache_dir),
+        artifacts=absolute(args.artifacts),
+    )
+    if spec.train.deterministic and os.environ.get("KERAS_BACKEND") == "jax":
+        from trainer._train import use_deterministic_xla
+
+        use_deterministic_xla()  # JAX reads it once, at its first use
+    storage = open_storage(
+        url,
+        heartbeat_s=spec.worker.heartbeat_s,
+        grace_s=spec.worker.grace_s,
+        stale_trial_callback=RetryStaleCell(),
+    )
+    worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    # Exit 0 also after SIGTERM or Ctrl-C: the trial went back to the queue, nothing is lost.
+    run_worker(
+        load_grid_study(storage, args.study),
+        CellObjective(spec),
+        worker_id=worker_id,
+        after_trial=_refresh_views,
+    )
+    return 0
+
+
+def _refresh_views(study: optuna.Study) -> None:
+    """Redraw the dashboard's comparison figure and note; a failed redraw never stops a worker.
+
+    Handed to the worker as a callback, so that the grid room never imports results code.
+    """
+    from study.results import refresh_views
+
+    try:
+        refresh_views(study)
+    except Exception as error:  # the views are a convenience; the trial is already stored
+        _logger.warning("could not refresh the dashboard views of %s: %s", study.study_name, error)
+
+
+def _launch(args: argparse.Namespace) -> int:
+    quiet_optuna()
+    from storage import open_storage
+    from study.grid import load_grid_study
+    from study.launch import plan_slots
+
+    if args.gpus is None and args.workers is None:
+        raise InputError(
+            "launch needs --gpus LIST, --gpus all or --workers N; got none of them. "
+            "Example: lrstudy launch --storage URL --study NAME --gpus all."
+        )
+    url = storage_url(args.storage)
+    check_sqlite_local(url)
+    study = load_grid_study(open_storage(url, existing=True), args.study)
+    slots = plan_slots(gpus=args.gpus, workers=args.workers, per_gpu=args.per_gpu)
+    if _all_complete(study):
+        return _finish(study, None)
+    locations = {
+        "--data": data_folder(args.data),
+        "--cache-dir": args.cache_dir,
+        "--artifacts": args.artifacts,
+    }
+    summary = _supervise(study, url, slots, args, locations)
+    return _finish(study, summary)
+
+
+def _run(args: argparse.Namespace) -> int:
+    quiet_optuna()
+    from study.launch import plan_slots
+    from study.spec import QUICK_NOTE
+
+    spec = spec_of(args)
+    check_sqlite_local(spec.study.storage)
+    slots = plan_slots(gpus=args.gpus, workers=args.workers, per_gpu=args.per_gpu)
+    _check_imagenet(spec)
+    study, created = create_study(spec)
+    _logger.info(
+        "%s study %r: %d cells",
+        "created" if created else "resuming",
+        spec.study.name,
+        len(spec.cells()),
+    )
+    if args.preset == "quick":
+        _logger.warning("%s", QUICK_NOTE)
+    summary = None
+    if not _all_complete(study):
+        locations = {
+            "--data": spec.data.root,
+            "--cache-dir": spec.data.cache_dir,
+            "--artifacts": spec.study.artifacts,
+        }
+        summary = _supervise(study, spec.study.storage, slots, args, locations)
+    code = _finish(study, summary)
+    if args.preset == "quick":
+        print(f"\n{QUICK_NOTE}")
+    return code
+
+
+def _check_imagenet(spec: StudySpec) -> None:
+    """Unreachable ImageNet weights would fail every cell here until its retries are spent,
+    leaving the study failed for good; say so once, before anything is created."""
+    from trainer._model import check_imagenet_reachable
+
+    if spec.train.weights == "imagenet" or "imagenet" in spec.grid.get("weights", ()):
+        try:
+            check_imagenet_reachable()
+        except InputError as error:
+            raise InputError(
+                f"{error}; in a study that is --set train.weights=none or =PATH"
+            ) from error
+
+
+def _all_complete(study: optuna.Study) -> bool:
+    from study.grid import cell_states
+
+    if all(state.state == "complete" for state in cell_states(study)):
+        _logger.info("every cell of study %r is complete already", study.study_name)
+        return True
+    return False
+
+
+def _supervise(
+    study: optuna.Study,
+    url: str,
+    slots: list[Slot],
+    args: argparse.Namespace,
+    locations: dict[str, str | None],
+) -> LaunchSummary:
+    """Run the workers of ``slots`` on ``study`` here, logging progress now and then."""
+    from study.launch import launch
+    from study.results import progress_line
+
+    host = socket.gethostname()
+    extra = [part for flag, value in locations.items() if value for part in (flag, value)]
+    if args.backend:
+        extra += ["--backend", args.backend]
+    if args.verbose:
+        extra.append("--verbose")  # a failed trial's traceback is logged at debug level
+
+    def command(slot: Slot) -> list[str]:
+        return [
+            sys.executable, "-m", "study", "worker",
+            "--study", study.study_name, "--worker-id", f"{host}-{slot.name}", *extra,
+        ]  # fmt: skip
+
+    env = {**os.environ, STORAGE_ENV: url}
+    _logger.info(
+        "study %r: starting %d worker(s): %s",
+        study.study_name,
+        len(slots),
+        ", ".join(slot.label for slot in slots),
+    )
+    return launch(
+        slots,
+        command,
+        max_restarts=args.max_restarts,
+        env=env,
+        on_tick=lambda: _logger.info("progress: %s", progress_line(study)),
+    )
+
+
+def _finish(study: optuna.Study, summary: LaunchSummary | None) -> int:
+    """Print the grid and the summary; 0 when every cell is complete."""
+    from study.grid import cell_states
+    from study.results import status_table, summary_table
+
+    print(status_table(study))
+    states = cell_states(study)
+    print()
+    print(summary_table(study))
+    if summary is not None:
+        restarts = sum(outcome.restarts for outcome in summary.outcomes)
+        print(
+            f"\n{len(summary.outcomes)} worker(s) ran for {summary.seconds:.0f} s"
+            f"{f', {restarts} restart(s)' if restarts else ''}"
+        )
+        if summary.interrupted_by is not None:
+            name = signal.Signals(summary.interrupted_by).name
+            print(f"interrupted by {name}: run the same command again to finish the grid")
+            return 128 + summary.interrupted_by
+    return 0 if all(state.state == "complete" for state in states) else 1

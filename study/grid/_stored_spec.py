@@ -1,0 +1,65 @@
+"""A study made from a spec: the spec stored with it, and read back by every worker."""
+
+from __future__ import annotations
+
+import copy
+
+import optuna
+from optuna.storages import BaseStorage
+
+from study.grid import _attrs
+from study.grid._grid import create_grid_study, load_grid_study
+from study.spec import StudySpec, protocol_differences, spec_from_mapping
+from trainer import InputError
+
+
+def create_from_spec(storage: BaseStorage, spec: StudySpec) -> tuple[optuna.Study, bool]:
+    """Create the spec's grid study, or open it when it exists with the same protocol.
+
+    Returns the study and whether this call created it. The spec (without its storage URL, so
+    no password is stored) and its fingerprint go into the study's user attributes, and its
+    ``worker.max_retries`` becomes the study's retry budget.
+
+    Raises:
+        InputError: the study exists with another protocol (the message names the keys that
+            differ), or was not made from a spec.
+    """
+    name = spec.study.name
+    try:
+        existing = load_grid_study(storage, name)
+    except InputError:
+        existing = None
+    if existing is None:
+        stored = spec.to_dict()
+        del stored["study"]["storage"]
+        study = create_grid_study(
+            storage,
+            name,
+            {axis: list(values) for axis, values in spec.grid.items()},
+            metric=spec.study.objective,
+            max_retries=spec.worker.max_retries,
+            user_attrs={_attrs.SPEC: stored, _attrs.SPEC_FINGERPRINT: spec.fingerprint()},
+        )
+    else:
+        study = existing
+    # Also when we just created it: a concurrent creator with another spec may have won.
+    if study.user_attrs.get(_attrs.SPEC_FINGERPRINT) != spec.fingerprint():
+        differences = protocol_differences(spec_from_study(study, spec.study.storage), spec)
+        raise InputError(
+            f"study {name!r} already exists with another protocol: {'; '.join(differences)}. "
+            "Fix: use the stored values, or a new name with --set study.name=NEW."
+        )
+    return study, existing is None
+
+
+def spec_from_study(study: optuna.Study, storage_url: str) -> StudySpec:
+    """The spec stored in a study by ``create_from_spec``, with ``storage_url`` filled in."""
+    raw = study.user_attrs.get(_attrs.SPEC)
+    if not isinstance(raw, dict):
+        raise InputError(
+            f"study {study.study_name!r} holds no lrstudy spec (it was not made by "
+            "`lrstudy create`); use a study that lrstudy created, or create one first."
+        )
+    raw = copy.deepcopy(raw)
+    raw["study"]["storage"] = storage_url
+    return spec_from_mapping(raw, source=f"study {study.study_name}")

@@ -1,0 +1,174 @@
+"""Worker slots: which GPU (or none) each local worker process sees, and how to find GPUs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from trainer import InputError
+
+_logger = logging.getLogger(__name__)
+
+# Set in each worker's environment to the launcher's pid; see follow_launcher.
+LAUNCHER_ENV = "LRSTUDY_LAUNCHER_PID"
+# What the JAX workers of one GPU may take together; the rest holds each process's CUDA
+# context and cuDNN workspaces, which live outside JAX's memory pool.
+_JAX_MEMORY_SHARE = 0.85
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One worker process to keep running: its number and the GPU it sees (None: CPU only).
+
+    ``sharing`` is the number of workers on that GPU, this one included (``--per-gpu``).
+    """
+
+    index: int
+    gpu: str | None = None
+    sharing: int = 1
+
+    @property
+    def name(self) -> str:
+        return f"w{self.index}"
+
+    @property
+    def label(self) -> str:
+        """The log prefix, e.g. ``w2 gpu1`` or ``w1 cpu``."""
+        return f"{self.name} gpu{self.gpu}" if self.gpu is not None else f"{self.name} cpu"
+
+    def environment(self, base: Mapping[str, str]) -> dict[str, str]:
+        """The worker's environment: ``base`` with only this slot's GPU visible.
+
+        A GPU worker takes GPU memory as it needs it (TensorFlow and JAX both take most of it
+        at start by default), so that workers can share a GPU and ``nvidia-smi`` shows what
+        they use; with ``sharing`` K > 1, each JAX worker is also capped at 1/K of the GPU's
+        memory share. Values already in ``base`` are kept.
+        """
+        env = dict(base)
+        # A CPU worker sees no GPU, so it cannot take memory from the GPU workers beside it.
+        env["CUDA_VISIBLE_DEVICES"] = self.gpu if self.gpu is not None else ""
+        env["PYTHONUNBUFFERED"] = "1"
+        env[LAUNCHER_ENV] = str(os.getpid())
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up lines flood logs
+        if self.gpu is not None:
+            env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+            env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+            if self.sharing > 1:
+                share = _JAX_MEMORY_SHARE / self.sharing
+                env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{share:.3f}")
+        return env
+
+
+def find_gpus() -> list[str]:
+    """Indices of this machine's NVIDIA GPUs: NVML when installed, else nvidia-smi; [] if none.
+
+    These are physical indices as ``nvidia-smi`` shows them, which is what
+    ``CUDA_VISIBLE_DEVICES`` selects in a fresh process.
+    """
+    try:
+        import pynvml
+    except ImportError:
+        pass
+    else:
+        try:
+            pynvml.nvmlInit()
+            try:
+                return [str(index) for index in range(pynvml.nvmlDeviceGetCount())]
+            finally:
+                pynvml.nvmlShutdown()
+        except pynvml.NVMLError as error:
+            _logger.debug("NVML found no GPU (%s); trying nvidia-smi", error)
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        done = subprocess.run(
+            [smi, "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        _logger.warning("nvidia-smi did not answer (%s); assuming no GPU", error)
+        return []
+    if done.returncode != 0:
+        _logger.warning("nvidia-smi failed (%s); assuming no GPU", done.stderr.strip()[:200])
+        return []
+    return parse_smi_indices(done.stdout)
+
+
+def parse_smi_indices(text: str) -> list[str]:
+    """GPU indices from ``nvidia-smi --query-gpu=index --format=csv,noheader`` output."""
+    return [line.strip() for line in text.splitlines() if line.strip().isdigit()]
+
+
+def plan_slots(
+    *,
+    gpus: str | None = None,
+    workers: int | None = None,
+    per_gpu: int = 1,
+    available: Callable[[], list[str]] = find_gpus,
+) -> list[Slot]:
+    """The worker slots for ``--gpus``/``--workers``/``--per-gpu``.
+
+    Args:
+        gpus: ``"all"`` or comma-separated GPU indices such as ``"0,1,3"``; each must exist.
+        workers: A number of CPU workers instead of GPU slots.
+        per_gpu: Workers sharing each GPU (small batches leave a GPU idle). Defaults to `1`.
+        available: Lists this machine's GPUs. Defaults to `find_gpus`.
+
+    With neither ``gpus`` nor ``workers``: one slot per GPU found, else one CPU worker.
+    """
+    if isinstance(per_gpu, bool) or not isinstance(per_gpu, int) or per_gpu < 1:
+        raise InputError(f"--per-gpu must be an integer >= 1; got {per_gpu!r}. Use --per-gpu 1.")
+    if gpus is not None and workers is not None:
+        raise InputError(
+            f"--gpus and --workers exclude each other; got --gpus {gpus} and --workers "
+            f"{workers}. Use --gpus for GPU workers or --workers N for CPU workers."
+        )
+    if workers is not None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise InputError(f"--workers must be an integer >= 1; got {workers!r}.")
+        return [Slot(index) for index in range(1, workers + 1)]
+    if gpus is None:
+        found = available()
+        if not found:
+            return [Slot(1)]
+        chosen = found
+    else:
+        chosen = _chosen_gpus(gpus, available())
+    return [
+        Slot(index, gpu, per_gpu)
+        for index, gpu in enumerate((gpu for gpu in chosen for _ in range(per_gpu)), start=1)
+    ]
+
+
+def _chosen_gpus(gpus: str, found: list[str]) -> list[str]:
+    where = f"this machine has GPUs {','.join(found)}" if found else "this machine has no GPU"
+    if gpus.strip() == "all":
+        if not found:
+            raise InputError(
+                "--gpus all found no GPU (neither NVML nor nvidia-smi lists one); "
+                "use --workers N for CPU workers."
+            )
+        return found
+    chosen = [part.strip() for part in gpus.split(",")]
+    for gpu in chosen:
+        if not gpu.isdigit():
+            raise InputError(
+                f"--gpus must be 'all' or GPU indices like 0,1,3; got {gpus!r}. ({where})"
+            )
+    if len(set(chosen)) != len(chosen):
+        raise InputError(f"--gpus lists a GPU twice: {gpus!r}; use --per-gpu K to share a GPU.")
+    missing = [gpu for gpu in chosen if gpu not in found]
+    if missing:
+        raise InputError(
+            f"--gpus names GPU {','.join(missing)}, which does not exist; {where}. "
+            "Use --gpus all or --workers N."
+        )
+    return chosen

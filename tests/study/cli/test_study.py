@@ -1,0 +1,379 @@
+"""``lrstudy init | create | worker | launch | run | status`` as a user runs them: subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+
+from study.grid import cell_states, load_grid_study, run_worker
+from study.grid._attrs import SPEC as SPEC_ATTR
+from study.grid._attrs import SPEC_FINGERPRINT as FINGERPRINT_ATTR
+from study.spec import load_preset, load_spec
+from study.spec._presets import PAPER_TOML
+
+ROOT = Path(__file__).resolve().parents[3]
+# The paper's 4 x 3 grid, made small enough for a CPU test.
+QUICK = [
+    "--set", 'train.model="small_cnn"',
+    "--set", 'train.weights="none"',
+    "--set", "train.image_size=32",
+    "--set", "train.epochs=1",
+    "--set", "train.eval_batch_size=32",
+    "--set", 'data.split="kaggle"',
+    "--set", "data.limit_per_class=6",
+    "--set", "study.name=quick",
+]  # fmt: skip
+
+
+def lrstudy(
+    *args: str, cwd: Path | None = None, timeout: float = 120, env: dict | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "study", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def setup(tmp_path: Path, dataset_dir: Path, cache_dir: str) -> dict:
+    """Storage URL and the flags that point a quick study at the test's own files."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    flags = [
+        "--storage", url, "--data", str(dataset_dir),
+        *QUICK,
+        "--set", f"data.cache_dir={cache_dir}",
+        "--set", f"study.artifacts={tmp_path / 'artifacts'}",
+    ]  # fmt: skip
+    return {"url": url, "flags": flags, "data": dataset_dir}
+
+
+def complete_trials(url: str, name: str = "quick") -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=name, storage=url)  # stock Optuna reads it
+    return [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def assert_exactly_once(url: str, name: str = "quick") -> None:
+    done = complete_trials(url, name)
+    per_cell = Counter((t.params["learning_rate"], t.params["seed"]) for t in done)
+    assert sorted(per_cell) == sorted(
+        (lr, seed) for lr in (0.1, 0.01, 0.001, 0.0001) for seed in (0, 1, 2)
+    )
+    assert set(per_cell.values()) == {1}, per_cell
+    study = optuna.load_study(study_name=name, storage=url)
+    active = (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)
+    assert not study.get_trials(states=active)
+
+
+# --- light commands --------------------------------------------------------------------------
+
+HEAVY_PROBE = """
+import json, sys
+from study.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+heavy = sorted(m for m in ("keras", "tensorflow", "jax") if m in sys.modules)
+print("PROBE", json.dumps({"code": code, "heavy": heavy}))
+"""
+
+
+def probe(*args: str, cwd: Path) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", HEAVY_PROBE, *args], capture_output=True, text=True, cwd=cwd
+    )
+    line = next(line for line in done.stdout.splitlines() if line.startswith("PROBE"))
+    return json.loads(line[6:])
+
+
+def test_help_init_create_and_status_never_load_keras(tmp_path: Path, setup: dict) -> None:
+    light = {"code": 0, "heavy": []}
+    assert probe("--help", cwd=tmp_path) == light
+    assert probe("init", str(tmp_path / "s.toml"), cwd=tmp_path) == light
+    assert probe("create", *setup["flags"], cwd=tmp_path) == light
+    assert probe("status", "--storage", setup["url"], "--study", "quick", cwd=tmp_path) == light
+
+
+def test_init_writes_the_paper_spec_once(tmp_path: Path) -> None:
+    done = lrstudy("init", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "lrstudy.toml").read_text() == PAPER_TOML
+    assert load_spec(tmp_path / "lrstudy.toml") == load_preset("paper")
+    again = lrstudy("init", cwd=tmp_path)
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [
+        "lrstudy: error: FILE 'lrstudy.toml' already exists; pass --force to overwrite it, "
+        "or another FILE."
+    ]
+    assert lrstudy("init", "--force", cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "--set", "train.epochs=0"], "train.epochs must be an integer >= 1; got 0"),
+        (["create", "--set", "train.epoch=2"], "unknown key train.epoch; allowed keys"),
+        (["create", "--set", "epochs=2"], "--set expects section.key=VALUE; got 'epochs=2'"),
+        (["create", "--spec", "missing.toml"], "--spec file 'missing.toml' does not exist"),
+        (["create", "--preset", "fast"], "--preset must be one of paper, quick; got 'fast'"),
+        (
+            ["create", "--set", "grid.image_size=[16]"],
+            "cell image_size=16__learning_rate=0.1__seed=0: "
+            "grid.image_size must be an integer >= 32",
+        ),
+        (["run", "--per-gpu", "0"], "--per-gpu must be an integer >= 1; got 0"),
+        (["run", "--workers", "0"], "--workers must be an integer >= 1; got 0"),
+        (["run", "--gpus", "99"], "--gpus names GPU 99, which does not exist"),
+    ],
+)
+def test_bad_values_end_in_one_line_and_exit_2(
+    setup: dict, args: list[str], expected: str
+) -> None:
+    command = args[0]
+    done = lrstudy(command, *setup["flags"], *args[1:])
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lrstudy: error: "), done.stderr
+    assert expected in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["create", "--storage", "sqlite:///{tmp}/db.sqlite"], "data.root is not set"),
+        (["create", "--data", "{tmp}/nothing"], "is not a folder"),
+        (["status", "--storage", "sqlite:///{tmp}/db.sqlite", "--study", "nope"], "no existing"),
+        (["worker", "--study", "quick"], "--storage is missing and $LRSTUDY_STORAGE"),
+        (["launch", "--storage", "sqlite:///{tmp}/x.db", "--study", "q"], "launch needs --gpus"),
+        (["create", "--storage", "mysql://me:s3cret@db/x", "--data", "{tmp}"], "mysql"),
+    ],
+)
+def test_bad_commands_end_in_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    args = [arg.format(tmp=tmp_path) for arg in args]
+    done = lrstudy(*args, env={"LRSTUDY_STORAGE": ""})
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lrstudy: error: "), done.stderr
+    assert expected in lines[0]
+    assert "s3cret" not in done.stderr + done.stdout
+
+
+def test_create_is_idempotent_and_refuses_another_protocol(tmp_path: Path, setup: dict) -> None:
+    first = lrstudy("create", *setup["flags"])
+    assert first.returncode == 0, first.stderr
+    assert "created study 'quick' with 12 cells" in first.stdout
+    again = lrstudy("create", *setup["flags"])
+    assert again.returncode == 0, again.stderr
+    assert "already exists" in again.stdout and "nothing to do" in again.stdout
+    # Another machine's paths are not the protocol: accepted.
+    elsewhere = tmp_path / "copy"
+    shutil.copytree(setup["data"], elsewhere)
+    moved = lrstudy("create", *setup["flags"], "--data", str(elsewhere))
+    assert moved.returncode == 0, moved.stderr
+    refused = lrstudy(
+        "create", *setup["flags"], "--set", "train.epochs=2", "--set", "grid.seed=[0]"
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "lrstudy: error: study 'quick' already exists with another protocol: grid.seed (stored "
+        "[0, 1, 2], given [0]); train.epochs (stored 1, given 2). Fix: use the stored values, "
+        "or a new name with --set study.name=NEW."
+    ]
+    study = optuna.load_study(study_name="quick", storage=setup["url"])
+    assert len(study.trials) == 12
+    stored = study.user_attrs[SPEC_ATTR]
+    assert "storage" not in stored["study"]
+    assert stored["data"]["root"] == str(setup["data"])  # the first creator's, absolute
+    assert stored["train"]["epochs"] == 1
+    assert (
+        study.user_attrs[FINGERPRINT_ATTR]
+        == load_preset("paper", [arg for arg in QUICK if arg != "--set"]).fingerprint()
+    )
+
+
+def test_create_takes_the_storage_from_the_environment(
+    tmp_path: Path, setup: dict, storage_url: str
+) -> None:
+    assert setup["flags"][:2] == ["--storage", setup["url"]]
+    done = lrstudy(
+        "create", *setup["flags"][2:], cwd=tmp_path, env={"LRSTUDY_STORAGE": storage_url}
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(optuna.load_study(study_name="quick", storage=storage_url).trials) == 12
+    assert not (tmp_path / "lrstudy.db").exists()  # the spec's default storage, unused
+    hint = done.stdout.splitlines()[-1]
+    if storage_url.startswith("sqlite"):
+        assert hint == (
+            f"start workers: lrstudy launch --storage '{storage_url}' --study quick --gpus all"
+        )
+    else:  # a masked URL would not work if pasted, and the password must not show
+        password = storage_url.split(":")[2].split("@")[0]
+        assert password not in done.stdout
+        assert hint == (
+            "start workers: LRSTUDY_STORAGE=<your URL> lrstudy launch --study quick --gpus all"
+        )
+
+
+def test_status_shows_waiting_and_failed_cells(tmp_path: Path, setup: dict) -> None:
+    data = tmp_path / "moving"
+    shutil.copytree(setup["data"], data)
+    flags = [*setup["flags"], "--data", str(data), "--set", "worker.max_retries=1"]
+    assert lrstudy("create", *flags).returncode == 0
+    fresh = lrstudy("status", "--storage", setup["url"], "--study", "quick")
+    assert fresh.returncode == 0, fresh.stderr
+    lines = fresh.stdout.splitlines()
+    assert lines[0] == "study quick: 0/12 complete, 0 running, 12 waiting, 0 failed"
+    assert lines[1].split() == ["learning_rate", "seed", "state", "trial", "detail"]
+    assert [line.split()[:3] for line in lines[2:]] == [
+        [lr, seed, "waiting"] for lr in ("0.1", "0.01", "0.001", "0.0001") for seed in "012"
+    ]
+    # The images vanish: every cell fails, is retried once, and fails for good.
+    shutil.rmtree(data)
+    worker = lrstudy(
+        "worker", "--study", "quick", "--worker-id", "solo", env={"LRSTUDY_STORAGE": setup["url"]}
+    )
+    assert worker.returncode == 0, worker.stderr
+    failed = lrstudy("status", "--storage", setup["url"], "--study", "quick")
+    lines = failed.stdout.splitlines()
+    assert lines[0] == "study quick: 0/12 complete, 0 running, 0 waiting, 12 failed"
+    for line in lines[2:]:
+        assert line.split()[2] == "failed"
+        assert "retries 1: " in line and str(data) in line
+
+
+def test_status_shows_a_running_cell_with_its_worker_and_epoch(setup: dict) -> None:
+    assert lrstudy("create", *setup["flags"]).returncode == 0
+    study = load_grid_study(setup["url"], "quick")
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("epochs", 5)
+        trial.report(0.5, step=1)
+        trial.report(0.75, step=2)
+        seen.extend(
+            lrstudy("status", "--storage", setup["url"], "--study", "quick").stdout.splitlines()
+        )
+        stop.set()
+        return 0.75
+
+    run_worker(study, objective, worker_id="probe", stop=stop)
+    assert seen[0] == "study quick: 0/12 complete, 1 running, 11 waiting, 0 failed"
+    (running,) = [line for line in seen[2:] if " running " in line]
+    host = os.uname().nodename
+    assert running.endswith(f"worker probe on {host}, epoch 2 of 5")
+    after = lrstudy("status", "--storage", setup["url"], "--study", "quick").stdout
+    assert after.splitlines()[0] == "study quick: 1/12 complete, 0 running, 11 waiting, 0 failed"
+    assert "val_accuracy 0.7500" in after
+
+
+@pytest.mark.slow
+def test_four_worker_processes_finish_the_grid_exactly_once(setup: dict) -> None:
+    assert lrstudy("create", *setup["flags"]).returncode == 0
+    done = lrstudy(
+        "launch", "--storage", setup["url"], "--study", "quick", "--workers", "4", timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_exactly_once(setup["url"])
+    for index in range(1, 5):
+        assert f"[w{index} cpu] " in done.stderr
+    assert "study quick: 12/12 complete, 0 running, 0 waiting, 0 failed" in done.stdout
+    table = done.stdout.split("val_accuracy over seeds (sample SD):\n")[1].splitlines()
+    assert table[0].split() == ["learning_rate", "complete", "mean", "sd", "diverged"]
+    assert [row.split()[:2] for row in table[1:5]] == [
+        [lr, "3/3"] for lr in ("0.1", "0.01", "0.001", "0.0001")
+    ]
+    hosts = {t.user_attrs["worker_id"] for t in complete_trials(setup["url"])}
+    assert hosts <= {f"{os.uname().nodename}-w{index}" for index in range(1, 5)}
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_run_on_postgresql_finishes_the_grid_exactly_once(
+    setup: dict, postgres_storage_url: str
+) -> None:
+    done = lrstudy("run", *setup["flags"], "--storage", postgres_storage_url, "--workers", "2",
+                   timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_exactly_once(postgres_storage_url)
+    password = postgres_storage_url.split(":")[2].split("@")[0]
+    assert password not in done.stdout + done.stderr
+    study = optuna.load_study(study_name="quick", storage=postgres_storage_url)
+    assert password not in json.dumps(study.user_attrs)
+
+
+def wait_for(predicate, timeout: float = 180, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_finishes_only_the_missing_cells_when_run_again(
+    setup: dict,
+) -> None:
+    url = setup["url"]
+    flags = [*setup["flags"], "--set", "train.epochs=2", "--workers", "2"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "study", "run", *flags],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal gives a command
+    )
+
+    def first_cell_complete() -> bool:
+        if not Path(url.removeprefix("sqlite:///")).exists():
+            return False
+        try:
+            return len(complete_trials(url)) >= 1
+        except KeyError:  # the study is not created yet
+            return False
+
+    try:
+        wait_for(first_cell_complete, what="the first complete cell")
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-3000:]
+    assert "interrupted by SIGINT" in out
+
+    study = load_grid_study(url, "quick")
+    states = cell_states(study)
+    assert {state.state for state in states} <= {"complete", "waiting"}
+    first_complete = {t.number for t in complete_trials(url)}
+    assert 1 <= len(first_complete) < 12
+    # A trial stopped by the signal is failed as interrupted and its cell queued again.
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert all(t.user_attrs.get("error") == "interrupted" for t in failed)
+
+    again = lrstudy("run", *flags, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_exactly_once(url)
+    assert first_complete <= {t.number for t in complete_trials(url)}
+    # A third run finds nothing to do and starts no worker.
+    third = lrstudy("run", *flags)
+    assert third.returncode == 0
+    assert "every cell of study 'quick' is complete already" in third.stderr
+    assert "[w1 cpu]" not in third.stderr

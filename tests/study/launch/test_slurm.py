@@ -1,0 +1,379 @@
+"""``lrstudy slurm``: the job array's script, its checks, and a study run on a real Slurm.
+
+The cluster tests use the throwaway single-node cluster of ``tests/slurm.py`` (``-p
+tests.slurm``): real sbatch, scancel and scontrol, GPU stand-ins as ``gres/gpu``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import optuna
+import pytest
+
+from storage import StorageError
+from storage._filesystem import check_sqlite_local, filesystem_type, sqlite_path
+from study.cli import main
+from study.launch._slurm import TAG_ENV, SlurmPlan, render_script, submit, time_seconds
+from tests.conftest import write_dataset
+from tests.slurm import SlurmCluster
+from trainer import InputError
+
+ROOT = Path(__file__).resolve().parents[3]
+# A 4 x 3 grid (the quick preset's) of cells that train in seconds on a CPU.
+QUICK = [
+    "--preset", "quick",
+    "--set", "train.image_size=32",
+    "--set", "train.epochs=1",
+    "--set", "train.eval_batch_size=32",
+    "--set", 'data.split="kaggle"',
+    "--set", "data.limit_per_class=6",
+    "--set", "study.name=quick",
+    # Only a safety net: a cell interrupted as designed is re-queued at once, not found stale.
+    "--set", "worker.heartbeat_s=2",
+    "--set", "worker.grace_s=10",
+]  # fmt: skip
+
+MOUNTS = textwrap.dedent(
+    """\
+    /dev/vda / ext4 rw,relatime 0 0
+    proc /proc proc rw 0 0
+    fs1:/export/home /home nfs4 rw,vers=4.2 0 0
+    /dev/vdb /home/local\\040disk ext4 rw 0 0
+    mds@tcp:/scratch /scratch lustre rw 0 0
+    tmpfs /scratch tmpfs rw 0 0
+    //nas/share /mnt/nas cifs rw 0 0
+    """
+)
+
+
+def lrstudy(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run a command in this process as ``lrstudy`` would: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def create_study(tmp_path: Path) -> str:
+    """A 12-cell quick study made with ``lrstudy create``, as a user would; its storage URL."""
+    data = write_dataset(tmp_path / "data").root
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    argv = [
+        sys.executable, "-m", "study", "create", "--storage", url, "--data", str(data), *QUICK,
+        "--set", f"data.cache_dir={tmp_path / 'cache'}",
+        "--set", f"study.artifacts={tmp_path / 'artifacts'}",
+    ]  # fmt: skip
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return url
+
+
+def tagged_processes(cluster: SlurmCluster) -> list[int]:
+    """Processes of this cluster's tasks still alive: a launcher or a worker of some task."""
+    marks = (f"{TAG_ENV}=".encode(), f"SLURM_CONF={cluster.conf}\0".encode())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if all(mark in environ for mark in marks):
+                found.append(int(entry.name))
+    return found
+
+
+# --- the file system check (a faked mount table, not a faked file system) ---------------------
+
+
+def test_filesystem_type_takes_the_longest_mount_point_and_decodes_escapes() -> None:
+    assert filesystem_type("/home/alice/study.db", MOUNTS) == "nfs4"
+    assert filesystem_type("/home", MOUNTS) == "nfs4"
+    assert filesystem_type("/homework/x.db", MOUNTS) == "ext4"  # a prefix of the name only
+    assert filesystem_type("/home/local disk/x.db", MOUNTS) == "ext4"  # \040 is a space
+    assert filesystem_type("/scratch/x.db", MOUNTS) == "tmpfs"  # the later mount is on top
+    assert filesystem_type("/mnt/nas/a/b.db", MOUNTS) == "cifs"
+    assert filesystem_type("relative.db", "/dev/vda / ext4 rw 0 0\n") == "ext4"
+    assert filesystem_type("/x", "") == ""
+
+
+@pytest.mark.parametrize("kind", ["nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3"])
+def test_sqlite_on_a_network_file_system_is_refused_in_one_line(kind: str) -> None:
+    mounts = f"/dev/vda / ext4 rw 0 0\nserver:/x /shared {kind} rw 0 0\n"
+    with pytest.raises(StorageError) as raised:
+        check_sqlite_local("sqlite:////shared/lab/study.db", mounts)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert f"on a {kind} file system" in message
+    assert "PostgreSQL" in message
+    assert "/shared/lab/study.db" in message
+
+
+def test_local_sqlite_and_postgresql_pass() -> None:
+    mounts = "/dev/vda / ext4 rw 0 0\nserver:/x /shared nfs4 rw 0 0\n"
+    check_sqlite_local("sqlite:////tmp/study.db", mounts)
+    check_sqlite_local("/tmp/study.db", mounts)
+    check_sqlite_local("postgresql://lab:secret@db:5432/lrstudy", mounts)
+    assert sqlite_path("sqlite:///rel/x.db?timeout=30") == "rel/x.db"
+    assert sqlite_path("sqlite+pysqlite:////abs/x.db") == "/abs/x.db"
+    assert sqlite_path("postgresql://h/db") is None
+    assert sqlite_path("sqlite://") is None
+
+
+def test_slurm_refuses_sqlite_on_a_network_file_system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The mount table says tmp_path is an NFS export; nothing else about the machine changes.
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/vda / ext4 rw 0 0\nfs1:/export {tmp_path} nfs4 rw 0 0\n")
+    monkeypatch.setattr("storage._filesystem.MOUNTS_FILE", str(mounts))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    code, out, err = lrstudy(["slurm", "--storage", url, "--study", "s", "--array", "2"], capsys)
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1
+    assert err.startswith("lrstudy: error: the SQLite database")
+    assert "nfs4 file system" in err and "PostgreSQL" in err
+
+
+# --- the plan and its script ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"array": 0}, ["--array must be an integer >= 1; got 0"]),
+        ({"gpus_per_task": -1}, ["--gpus-per-task must be an integer >= 0"]),
+        ({"per_gpu": 0}, ["--per-gpu must be an integer >= 1"]),
+        ({"per_gpu": 2}, ["--per-gpu 2 needs GPUs", "--gpus-per-task G"]),
+        ({"time": "90"}, ["--time must be HH:MM:SS or D-HH:MM:SS; got '90'"]),
+        ({"time": "1-25:00:00"}, ["--time must be HH:MM:SS or D-HH:MM:SS"]),
+        ({"time": "00:61:00"}, ["--time must be"]),
+        ({"time": "00:01:00"}, ["not longer than --signal-seconds 120"]),
+        ({"signal_s": 0}, ["--signal-seconds must be an integer >= 1"]),
+        ({"partition": "gpu a100"}, ["--partition must be a Slurm name"]),
+        ({"sbatch_args": ("qos=low",)}, ["must start with an option"]),
+        ({"sbatch_args": ("--export=NONE",)}, ["$LRSTUDY_STORAGE", "--export=ALL"]),
+        ({"sbatch_args": ("--array=0-99",)}, ["pass --array N"]),
+        ({"sbatch_args": ('--comment="x"',)}, ["holds a quote"]),
+    ],
+)
+def test_bad_plans_are_refused_in_one_line_naming_the_flag(options: dict, words: list) -> None:
+    with pytest.raises(InputError) as raised:
+        SlurmPlan(**{"study": "s", "array": 2, "log_dir": "/logs", **options})
+    message = str(raised.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_a_bad_flag_is_one_line_before_any_database_is_opened(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'missing' / 'study.db'}"  # would fail if it were opened
+    argv = ["slurm", "--storage", url, "--study", "s", "--array", "2", "--time", "2h"]
+    code, out, err = lrstudy(argv, capsys)
+    assert (code, out) == (2, "")
+    assert err == (
+        "lrstudy: error: --time must be HH:MM:SS or D-HH:MM:SS; got '2h'. "
+        "Example: --time 12:00:00 or --time 2-00:00:00.\n"
+    )
+
+
+def test_time_formats() -> None:
+    assert time_seconds("00:02:01") == 121
+    assert time_seconds("48:00:00") == 48 * 3600
+    assert time_seconds("2-01:00:00") == 49 * 3600
+
+
+def test_dry_run_prints_the_script_without_the_url_and_submits_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = create_study(tmp_path)
+    argv = ["slurm", "--storage", url, "--study", "quick", "--array", "3", "--dry-run"]
+    code, script, err = lrstudy([*argv, "--time", "04:00:00", "--", "--qos", "low"], capsys)
+    assert code == 0, err
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/bash"
+    for line in (
+        "#SBATCH --array=0-2",
+        "#SBATCH --requeue",
+        "#SBATCH --signal=B:TERM@120",
+        "#SBATCH --export=ALL",
+        "#SBATCH --time=04:00:00",
+        "#SBATCH --qos low",
+        f'#SBATCH --output="{tmp_path}/artifacts/quick/slurm/%A_%a.log"',
+        "slots=(--workers 1)",  # G = 0: one CPU worker per task
+    ):
+        assert line in lines, line
+    assert not any("--gres" in line for line in lines)
+    launch = next(line for line in lines if " launch " in line)
+    assert launch.endswith(' launch "${slots[@]}" --study quick &')
+    assert "--storage" not in script
+    assert str(tmp_path / "study.db") not in script and "sqlite" not in script
+    assert subprocess.run(["bash", "-n"], input=script, text=True, check=False).returncode == 0
+    assert not (tmp_path / "artifacts" / "quick" / "slurm").exists()  # nothing saved
+
+    code, script, err = lrstudy([*argv, "--gpus-per-task", "2", "--per-gpu", "2"], capsys)
+    assert code == 0, err
+    assert "#SBATCH --gres=gpu:2" in script.splitlines()
+    assert 'slots=(--gpus "$CUDA_VISIBLE_DEVICES" --per-gpu 2)' in script
+
+
+def test_script_quotes_what_it_passes_on() -> None:
+    plan = SlurmPlan(
+        study="lab's $HOME",
+        array=1,
+        log_dir="/shared/100%/logs",
+        sbatch_args=("--comment", "two words", "--mem=8G"),
+        launch_args=("--data", "/data/chest x-ray"),
+    )
+    script = render_script(plan)
+    assert '#SBATCH --comment "two words"' in script
+    assert "#SBATCH --mem=8G" in script
+    assert '#SBATCH --output="/shared/100%%/logs/%A_%a.log"' in script
+    assert "--study 'lab'\"'\"'s $HOME' --data '/data/chest x-ray' &" in script
+    assert "#SBATCH --job-name=lrstudy-lab_s__HOME" in script
+
+
+def test_a_missing_sbatch_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(InputError) as raised:
+        submit(tmp_path / "x.sbatch", os.environ, sbatch=str(tmp_path / "no-sbatch"))
+    assert "is not on PATH" in str(raised.value) and "--dry-run" in str(raised.value)
+
+
+# --- on the real cluster ------------------------------------------------------------------------
+
+FAKE_LAUNCHER = """\
+import os, subprocess, sys, time
+print("argv", " ".join(sys.argv[1:]), flush=True)
+print("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"), flush=True)
+# An orphan in a session of its own, as a worker is: the script's sweep must end it.
+subprocess.Popen(["sleep", "300"], start_new_session=True)
+time.sleep(4)  # the tasks overlap, so each holds its GPU while the other runs
+"""
+
+
+def test_each_gpu_task_gets_its_own_device_and_leaves_nothing_running(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    fake = tmp_path / "fake_launcher.py"
+    fake.write_text(FAKE_LAUNCHER)
+    plan = SlurmPlan(
+        study="gpus",
+        array=2,
+        log_dir=str(tmp_path),
+        gpus_per_task=1,
+        sbatch_args=("--comment", "lrstudy test"),
+        command=(sys.executable, str(fake)),
+    )
+    script = tmp_path / "gpus.sbatch"
+    script.write_text(render_script(plan))
+    env = {**os.environ, "LRSTUDY_STORAGE": "sqlite:////nowhere/x.db"}
+    job = submit(script, env)
+    assert "Comment=lrstudy test " in slurm_cluster.run("scontrol", "-o", "show", "job", job)
+    slurm_cluster.wait_gone(job, timeout=60)
+    devices = []
+    for task in (0, 1):
+        log = (tmp_path / f"{job}_{task}.log").read_text()
+        seen = re.search(r"^CUDA_VISIBLE_DEVICES (\S+)$", log, re.M)
+        assert seen, log
+        devices.append(seen.group(1))
+        assert f"argv launch --gpus {seen.group(1)} --per-gpu 1 --study gpus" in log
+        assert "stopping what the launcher left running" in log
+        assert log.rstrip().endswith("launcher ended with exit code 0")
+    assert sorted(devices) == ["0", "1"]
+    assert tagged_processes(slurm_cluster) == []
+
+
+def test_sbatch_refusal_is_one_line(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    del slurm_cluster
+    plan = SlurmPlan(study="s", array=1, log_dir=str(tmp_path), partition="nonexistent")
+    script = tmp_path / "s.sbatch"
+    script.write_text(render_script(plan))
+    with pytest.raises(InputError) as raised:
+        submit(script, os.environ)
+    message = str(raised.value)
+    assert message.startswith("sbatch refused the job: ")
+    assert "partition" in message.lower() and "\n" not in message
+
+
+def _started(log: Path) -> int | None:
+    """The trial number of the first cell a task's log shows started."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    match = re.search(r"worker \S+: trial (\d+) cell \S+ started", text)
+    return int(match.group(1)) if match else None
+
+
+def _wait_started(logs: Sequence[Path], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        numbers = [_started(log) for log in logs]
+        if all(number is not None for number in numbers):
+            return [number for number in numbers if number is not None]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no cell started in {[str(log) for log in logs]}")
+        time.sleep(0.3)
+
+
+def test_a_study_runs_to_the_end_through_a_cancelled_and_a_requeued_task(
+    slurm_cluster: SlurmCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = create_study(tmp_path)
+    code, out, err = lrstudy(
+        ["slurm", "--storage", url, "--study", "quick", "--array", "3"], capsys
+    )
+    assert code == 0, err
+    job = re.search(r"^submitted job (\d+): 3 array task", out, re.M)
+    assert job, out
+    job_id = job.group(1)
+    folder = tmp_path / "artifacts" / "quick" / "slurm"
+    saved = list(folder.glob("*.sbatch"))
+    assert len(saved) == 1 and "sqlite" not in saved[0].read_text()
+
+    # Mid-cell, task 1 is told to stop (as by --signal=B:TERM before its time limit) and task
+    # 2 is requeued (Slurm signals every process of it, then starts it again).
+    cancelled, requeued = folder / f"{job_id}_1.log", folder / f"{job_id}_2.log"
+    first_cells = _wait_started([cancelled, requeued], timeout=90)
+    time.sleep(1)
+    slurm_cluster.run("scancel", "--batch", "--signal=TERM", f"{job_id}_1")
+    slurm_cluster.run("scontrol", "requeue", f"{job_id}_2")
+    slurm_cluster.wait_gone(job_id, timeout=180)
+
+    study = optuna.load_study(study_name="quick", storage=url)
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    per_cell = Counter((t.params["learning_rate"], t.params["seed"]) for t in complete)
+    assert len(per_cell) == 12 and set(per_cell.values()) == {1}, per_cell
+    assert not [t for t in trials if t.state in (optuna.trial.TrialState.WAITING,
+                                                 optuna.trial.TrialState.RUNNING)]  # fmt: skip
+    for number in first_cells:  # put back in the queue as interrupted, not found stale later
+        assert trials[number].state == optuna.trial.TrialState.FAIL
+        assert trials[number].user_attrs.get("error") == "interrupted"
+
+    stopped = cancelled.read_text()
+    assert "SIGTERM; passing it on to the launcher" in stopped
+    assert stopped.rstrip().endswith("launcher ended with exit code 143")
+    again = requeued.read_text()
+    assert "SIGTERM went to the whole job; the launcher has it too" in again
+    assert "restart 1, GPUs none" in again  # it ran again ...
+    assert again.rstrip().endswith("launcher ended with exit code 0")  # ... to the end
+    assert slurm_cluster.job_field(f"{job_id}_2", "Restarts") == "1"
+    assert (folder / f"{job_id}_0.log").read_text().rstrip().endswith("exit code 0")
+    assert tagged_processes(slurm_cluster) == []

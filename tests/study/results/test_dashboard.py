@@ -1,0 +1,240 @@
+"""optuna-dashboard views of a study: flat attributes, artifacts, the comparison figure, the note,
+and the real dashboard app in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.artifacts import FileSystemArtifactStore
+from optuna_dashboard import get_note
+from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
+
+from study.grid import ARTIFACT_FOLDER, load_grid_study
+from study.results import FIGURE_ID, refresh_views
+from tests.study.results.results_study import DIVERGED_CELL, LEARNING_RATES, STUDY, build_study
+
+ROOT = Path(__file__).resolve().parents[3]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+LABELS = [f"learning rate {lr:g}" for lr in LEARNING_RATES]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """A finished 4 x 3 study (SQLite) whose views were never refreshed, and its artifacts."""
+    folder = tmp_path_factory.mktemp("finished")
+    url = f"sqlite:///{folder / 'study.db'}"
+    build_study(url, folder / "artifacts")
+    return url, folder / "artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stored_figure(study: optuna.Study) -> dict:
+    figures = get_plotly_graph_objects(study._storage.get_study_system_attrs(study._study_id))
+    assert list(figures) == [FIGURE_ID]
+    return json.loads(figures[FIGURE_ID])
+
+
+def test_each_trial_has_flat_metrics_and_its_files_as_artifacts(finished) -> None:
+    url, artifacts = finished
+    store = FileSystemArtifactStore(str(artifacts / STUDY / ARTIFACT_FOLDER))
+    for trial in optuna.load_study(study_name=STUDY, storage=url).trials:
+        attrs = trial.user_attrs
+        assert attrs["val_loss"] == attrs["final"]["val_loss"]
+        for name in ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc"):
+            assert attrs[f"test_{name}"] == attrs["test"][name]
+        metas = [
+            json.loads(value)
+            for key, value in trial.system_attrs.items()
+            if key.startswith("artifacts:")
+        ]
+        files = {meta["filename"]: meta["artifact_id"] for meta in metas}
+        assert sorted(files) == ["history.csv", "predictions.csv", "result.json"]
+        for name, artifact_id in files.items():
+            with store.open_reader(artifact_id) as reader:
+                assert reader.read() == (Path(attrs["out_dir"]) / name).read_bytes()
+    diverged = [t for t in optuna.load_study(study_name=STUDY, storage=url).trials
+                if t.user_attrs["cell"] == DIVERGED_CELL]  # fmt: skip
+    assert diverged[0].user_attrs["val_loss"] is None
+
+
+def test_the_figure_compares_all_rates_per_epoch_with_sd_bands(finished) -> None:
+    url, _ = finished
+    study = load_grid_study(url, STUDY)
+    refresh_views(study)
+    refresh_views(study)  # rewriting keeps one figure, not a second copy
+    figure = stored_figure(study)
+    lines = [trace for trace in figure["data"] if trace.get("mode") == "lines+markers"]
+    assert sorted({t["name"] for t in lines}) == sorted(LABELS)
+    assert [t["name"] for t in lines if t["showlegend"]] == LABELS
+    assert "12 of 12 cells complete" in figure["layout"]["title"]["text"]
+    # Recompute epoch means and SDs of one rate from stock Optuna.
+    trials = [
+        t for t in optuna.load_study(study_name=STUDY, storage=url).trials
+        if t.params["learning_rate"] == 0.001
+    ]  # fmt: skip
+    for metric, axis in (("val_accuracy", "x"), ("val_loss", "x2")):
+        per_epoch = list(zip(*(t.user_attrs["history"][metric] for t in trials), strict=True))
+        means = [statistics.mean(values) for values in per_epoch]
+        sds = [statistics.stdev(values) for values in per_epoch]
+        (line,) = [t for t in lines if t["name"] == LABELS[2] and t["xaxis"] == axis]
+        assert line["x"] == list(range(1, len(means) + 1))
+        assert line["y"] == pytest.approx(means)
+        (band,) = [
+            t for t in figure["data"]
+            if t.get("fill") == "toself" and t["legendgroup"] == LABELS[2] and t["xaxis"] == axis
+        ]  # fmt: skip
+        upper = band["y"][: len(means)]
+        assert upper == pytest.approx([m + s for m, s in zip(means, sds, strict=True)])
+
+
+def test_the_note_has_protocol_tables_and_the_plain_sentence(finished) -> None:
+    url, _ = finished
+    study = load_grid_study(url, STUDY)
+    results = refresh_views(study)
+    note = get_note(study)
+    assert "**Protocol:** inception_v3 (imagenet weights), 224 px, 4 epochs, batch 8" in note
+    assert "12 of 12 cells complete" in note
+    assert results.headline() in note and "Welch's t-test" in note
+    for title in ("(Table 4)", "(Table 5)", "(Table 6)"):
+        assert title in note
+
+
+def test_views_of_a_running_study_say_what_is_missing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = build_study(url, tmp_path / "artifacts", stop_after=5)
+    results = refresh_views(load_grid_study(url, STUDY))
+    assert results.complete == 5
+    title = stored_figure(study)["layout"]["title"]["text"]
+    assert "5 of 12 cells complete" in title
+    note = get_note(study)
+    assert "Not yet in the tables:" in note
+    assert note.count("(waiting)") == 7
+
+
+def lrstudy_dashboard(url: str, port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "study", "dashboard", "--storage", url, "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(finished) -> None:
+    url, _ = finished
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = lrstudy_dashboard(url, port)
+        _, stderr = server.communicate(timeout=120)
+    assert server.returncode == 2
+    assert stderr.strip().splitlines()[-1] == (
+        f"lrstudy: error: --port {port} is already in use on 127.0.0.1; pass another port, "
+        f"e.g. --port {port + 1}, or stop what listens there"
+    )
+    assert "Traceback" not in stderr
+
+
+@pytest.fixture
+def served(finished) -> Iterator[tuple[str, int]]:
+    """``lrstudy dashboard`` for the finished study; yields its base URL and the study id."""
+    url, _ = finished
+    port = free_port()
+    server = lrstudy_dashboard(url, port)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"lrstudy dashboard exited: {server.communicate()[1][-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/api/meta", timeout=5) as response:
+                    assert json.load(response)["artifact_is_available"] is True
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("lrstudy dashboard did not answer within 120 s")
+                time.sleep(0.5)
+        study_id = optuna.load_study(study_name=STUDY, storage=url)._study_id
+        yield base, study_id
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
+
+
+def chromium_or_skip():
+    """Playwright's sync API, or a skip (a failure under CI=true) saying what is missing."""
+    missing = []
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing.append("Playwright for Python (pip install playwright)")
+    if not CHROMIUM.exists():
+        missing.append(f"{CHROMIUM} (apt-get install chromium)")
+    if missing:
+        reason = "browser test needs " + " and ".join(missing)
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI=true: the browser test must not be skipped)")
+        pytest.skip(reason)
+    return sync_playwright
+
+
+def test_the_dashboard_shows_12_trials_the_figure_and_the_note(
+    served: tuple[str, int], tmp_path: Path
+) -> None:
+    sync_playwright = chromium_or_skip()
+    base, study_id = served
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{base}/dashboard/studies/{study_id}/trials")
+            page.get_by_text("12 Trials").wait_for(timeout=60_000)
+            entries = page.get_by_text(re.compile(r"^Trial \d+$"))
+            assert sorted(entries.all_inner_texts()) == sorted(f"Trial {n}" for n in range(12))
+            # The selected trial shows its flat metrics and its artifacts.
+            page.get_by_text("test_roc_auc").first.wait_for()
+            page.get_by_text("predictions.csv").first.wait_for()
+
+            page.goto(f"{base}/dashboard/studies/{study_id}")
+            page.get_by_text("Learning rates compared: mean ± 1 SD over seeds").wait_for(
+                timeout=60_000
+            )
+            for label in LABELS:
+                page.get_by_text(label, exact=True).wait_for()
+            page.get_by_text("Validation loss", exact=True).wait_for()
+            shot = tmp_path / "dashboard.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 50_000
+
+            page.goto(f"{base}/dashboard/studies/{study_id}/note")
+            page.get_by_text("Validation accuracy (Table 4)").wait_for(timeout=60_000)
+            page.get_by_text(
+                re.compile(r"has the highest mean validation accuracy")
+            ).first.wait_for()
+            page.screenshot(path=str(tmp_path / "note.png"), full_page=True)
+        finally:
+            browser.close()
