@@ -46,6 +46,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         parents=[common, study_options(), _location_options(), _slot_options()],
         help="Run local worker processes, one per GPU slot or CPU worker.",
     )
+    launch.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="Print each slot's worker id, CUDA_VISIBLE_DEVICES and memory settings; start none.",
+    )
     launch.set_defaults(handler=_launch)
 
     run = subparsers.add_parser(
@@ -81,7 +86,12 @@ def _add_backend(parser: argparse.ArgumentParser) -> None:
 def _slot_options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     slots = parser.add_mutually_exclusive_group()
-    slots.add_argument("--gpus", metavar="LIST", help="GPU indices like 0,1,3, or all.")
+    slots.add_argument(
+        "--gpus",
+        metavar="LIST",
+        help="all, or positions like 0,1,3 (or GPU/MIG UUIDs) in the GPUs this process may use: "
+        "an inherited CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists.",
+    )
     slots.add_argument("--workers", type=int, metavar="N", help="Run N CPU workers.")
     parser.add_argument(
         "--per-gpu", type=int, default=1, metavar="K", help="Workers per GPU (default 1)."
@@ -124,6 +134,12 @@ def _worker(args: argparse.Namespace) -> int:
         from trainer._train import use_deterministic_xla
 
         use_deterministic_xla()  # JAX reads it once, at its first use
+    from study.launch import GPU_SLOT_ENV
+
+    if GPU_SLOT_ENV in os.environ:
+        from trainer._devices import require_gpu
+
+        require_gpu(os.environ[GPU_SLOT_ENV])  # before claiming a cell it would train on the CPU
     storage = open_storage(
         url,
         heartbeat_s=spec.worker.heartbeat_s,
@@ -157,7 +173,7 @@ def _refresh_views(study: optuna.Study) -> None:
 def _launch(args: argparse.Namespace) -> int:
     quiet_optuna()
     from storage import open_storage
-    from study.grid import load_grid_study
+    from study.grid import load_grid_study, spec_from_study
     from study.launch import plan_slots
 
     if args.gpus is None and args.workers is None:
@@ -169,8 +185,15 @@ def _launch(args: argparse.Namespace) -> int:
     check_sqlite_local(url)
     study = load_grid_study(open_storage(url, existing=True), args.study)
     slots = plan_slots(gpus=args.gpus, workers=args.workers, per_gpu=args.per_gpu)
+    if args.dry_run:
+        from study.launch import plan_lines
+
+        host = _worker_host()
+        print("\n".join(plan_lines(slots, os.environ, lambda slot: f"{host}-{slot.name}")))
+        return 0
     if _all_complete(study):
         return _finish(study, None)
+    _fetch_imagenet(spec_from_study(study, url))
     locations = {
         "--data": data_folder(args.data),
         "--cache-dir": args.cache_dir,
@@ -188,7 +211,7 @@ def _run(args: argparse.Namespace) -> int:
     spec = spec_of(args)
     check_sqlite_local(spec.study.storage)
     slots = plan_slots(gpus=args.gpus, workers=args.workers, per_gpu=args.per_gpu)
-    _check_imagenet(spec)
+    _fetch_imagenet(spec)
     study, created = create_study(spec)
     _logger.info(
         "%s study %r: %d cells",
@@ -212,14 +235,15 @@ def _run(args: argparse.Namespace) -> int:
     return code
 
 
-def _check_imagenet(spec: StudySpec) -> None:
-    """Unreachable ImageNet weights would fail every cell here until its retries are spent,
-    leaving the study failed for good; say so once, before anything is created."""
-    from trainer._model import check_imagenet_reachable
+def _fetch_imagenet(spec: StudySpec) -> None:
+    """Download the ImageNet weights once, here, before any worker starts: workers starting
+    together would race on Keras's download, and unreachable weights would fail every cell
+    until its retries are spent, leaving the study failed for good."""
+    from trainer._weights import fetch_imagenet_weights
 
     if spec.train.weights == "imagenet" or "imagenet" in spec.grid.get("weights", ()):
         try:
-            check_imagenet_reachable()
+            fetch_imagenet_weights()
         except InputError as error:
             raise InputError(
                 f"{error}; in a study that is --set train.weights=none or =PATH"
@@ -246,7 +270,7 @@ def _supervise(
     from study.launch import launch
     from study.results import progress_line
 
-    host = socket.gethostname()
+    host = _worker_host()
     extra = [part for flag, value in locations.items() if value for part in (flag, value)]
     if args.backend:
         extra += ["--backend", args.backend]
@@ -266,13 +290,28 @@ def _supervise(
         len(slots),
         ", ".join(slot.label for slot in slots),
     )
-    return launch(
+    summary = launch(
         slots,
         command,
         max_restarts=args.max_restarts,
         env=env,
         on_tick=lambda: _logger.info("progress: %s", progress_line(study)),
     )
+    if summary.refused:
+        raise InputError(
+            f"worker {', '.join(summary.refused)} stopped on bad input (its line above says "
+            "why and how to fix it), so the launcher stopped every worker; running cells went "
+            "back to the queue"
+        )
+    return summary
+
+
+def _worker_host() -> str:
+    """The host part of launched workers' ids; a Slurm array task adds its job and task ids,
+    since several tasks of one array may run on one node."""
+    host = socket.gethostname()
+    job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{host}-{job}_{task}" if job and task else host
 
 
 def _finish(study: optuna.Study, summary: LaunchSummary | None) -> int:

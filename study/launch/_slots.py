@@ -15,6 +15,9 @@ _logger = logging.getLogger(__name__)
 
 # Set in each worker's environment to the launcher's pid; see follow_launcher.
 LAUNCHER_ENV = "LRSTUDY_LAUNCHER_PID"
+# Set in a GPU slot's environment: its worker must find a GPU or stop (no silent CPU fallback).
+GPU_SLOT_ENV = "LRSTUDY_GPU_SLOT"
+_VISIBLE = "CUDA_VISIBLE_DEVICES"
 # What the JAX workers of one GPU may take together; the rest holds each process's CUDA
 # context and cuDNN workspaces, which live outside JAX's memory pool.
 _JAX_MEMORY_SHARE = 0.85
@@ -24,7 +27,9 @@ _JAX_MEMORY_SHARE = 0.85
 class Slot:
     """One worker process to keep running: its number and the GPU it sees (None: CPU only).
 
-    ``sharing`` is the number of workers on that GPU, this one included (``--per-gpu``).
+    ``gpu`` is what the worker's ``CUDA_VISIBLE_DEVICES`` holds: a physical index as
+    ``nvidia-smi`` numbers GPUs, or a GPU or MIG UUID. ``sharing`` is the number of workers on
+    that GPU, this one included (``--per-gpu``).
     """
 
     index: int
@@ -46,15 +51,20 @@ class Slot:
         A GPU worker takes GPU memory as it needs it (TensorFlow and JAX both take most of it
         at start by default), so that workers can share a GPU and ``nvidia-smi`` shows what
         they use; with ``sharing`` K > 1, each JAX worker is also capped at 1/K of the GPU's
-        memory share. Values already in ``base`` are kept.
+        memory share. Values already in ``base`` are kept, but for ``CUDA_VISIBLE_DEVICES``
+        (this slot's GPU) and ``CUDA_DEVICE_ORDER`` (PCI bus order, so that an index means the
+        GPU ``nvidia-smi`` shows under it; CUDA's default order is fastest first).
         """
         env = dict(base)
         # A CPU worker sees no GPU, so it cannot take memory from the GPU workers beside it.
-        env["CUDA_VISIBLE_DEVICES"] = self.gpu if self.gpu is not None else ""
+        env[_VISIBLE] = self.gpu if self.gpu is not None else ""
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["PYTHONUNBUFFERED"] = "1"
         env[LAUNCHER_ENV] = str(os.getpid())
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up lines flood logs
+        env.pop(GPU_SLOT_ENV, None)
         if self.gpu is not None:
+            env[GPU_SLOT_ENV] = self.gpu
             env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
             env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
             if self.sharing > 1:
@@ -63,11 +73,23 @@ class Slot:
         return env
 
 
+def gpu_pool(environ: Mapping[str, str] | None = None) -> list[str] | None:
+    """The GPUs this process was given, from an inherited ``CUDA_VISIBLE_DEVICES``; None if unset.
+
+    On a shared server (or under Slurm) the variable names the GPUs that are ours, by index or
+    by GPU/MIG UUID; an empty value means none. Workers must stay within it.
+    """
+    value = (os.environ if environ is None else environ).get(_VISIBLE)
+    if value is None:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
 def find_gpus() -> list[str]:
     """Indices of this machine's NVIDIA GPUs: NVML when installed, else nvidia-smi; [] if none.
 
     These are physical indices as ``nvidia-smi`` shows them, which is what
-    ``CUDA_VISIBLE_DEVICES`` selects in a fresh process.
+    ``CUDA_VISIBLE_DEVICES`` selects in a fresh process with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``.
     """
     try:
         import pynvml
@@ -113,16 +135,24 @@ def plan_slots(
     workers: int | None = None,
     per_gpu: int = 1,
     available: Callable[[], list[str]] = find_gpus,
+    environ: Mapping[str, str] | None = None,
 ) -> list[Slot]:
     """The worker slots for ``--gpus``/``--workers``/``--per-gpu``.
 
+    The pool of GPUs is the inherited ``CUDA_VISIBLE_DEVICES`` when it is set (the GPUs this
+    user was given), else every GPU ``available`` lists.
+
     Args:
-        gpus: ``"all"`` or comma-separated GPU indices such as ``"0,1,3"``; each must exist.
+        gpus: ``"all"`` (the whole pool), or a comma-separated list of positions in the pool
+            (``"0,1"``: its first two GPUs; on a machine with no inherited
+            ``CUDA_VISIBLE_DEVICES`` these are ``nvidia-smi``'s indices) or of GPU/MIG UUIDs
+            (``GPU-...``, ``MIG-...``) in the pool.
         workers: A number of CPU workers instead of GPU slots.
         per_gpu: Workers sharing each GPU (small batches leave a GPU idle). Defaults to `1`.
         available: Lists this machine's GPUs. Defaults to `find_gpus`.
+        environ: Where ``CUDA_VISIBLE_DEVICES`` is read. Defaults to this process's environment.
 
-    With neither ``gpus`` nor ``workers``: one slot per GPU found, else one CPU worker.
+    With neither ``gpus`` nor ``workers``: one slot per GPU of the pool, else one CPU worker.
     """
     if isinstance(per_gpu, bool) or not isinstance(per_gpu, int) or per_gpu < 1:
         raise InputError(f"--per-gpu must be an integer >= 1; got {per_gpu!r}. Use --per-gpu 1.")
@@ -135,40 +165,73 @@ def plan_slots(
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise InputError(f"--workers must be an integer >= 1; got {workers!r}.")
         return [Slot(index) for index in range(1, workers + 1)]
+    inherited = gpu_pool(environ)
+    pool = inherited if inherited is not None else available()
     if gpus is None:
-        found = available()
-        if not found:
+        if not pool:
             return [Slot(1)]
-        chosen = found
+        chosen = pool
     else:
-        chosen = _chosen_gpus(gpus, available())
+        chosen = _chosen_gpus(gpus, pool, inherited is not None)
     return [
         Slot(index, gpu, per_gpu)
         for index, gpu in enumerate((gpu for gpu in chosen for _ in range(per_gpu)), start=1)
     ]
 
 
-def _chosen_gpus(gpus: str, found: list[str]) -> list[str]:
-    where = f"this machine has GPUs {','.join(found)}" if found else "this machine has no GPU"
-    if gpus.strip() == "all":
-        if not found:
-            raise InputError(
-                "--gpus all found no GPU (neither NVML nor nvidia-smi lists one); "
-                "use --workers N for CPU workers."
-            )
-        return found
-    chosen = [part.strip() for part in gpus.split(",")]
-    for gpu in chosen:
-        if not gpu.isdigit():
-            raise InputError(
-                f"--gpus must be 'all' or GPU indices like 0,1,3; got {gpus!r}. ({where})"
-            )
-    if len(set(chosen)) != len(chosen):
-        raise InputError(f"--gpus lists a GPU twice: {gpus!r}; use --per-gpu K to share a GPU.")
-    missing = [gpu for gpu in chosen if gpu not in found]
-    if missing:
-        raise InputError(
-            f"--gpus names GPU {','.join(missing)}, which does not exist; {where}. "
-            "Use --gpus all or --workers N."
+def _chosen_gpus(gpus: str, pool: list[str], inherited: bool) -> list[str]:
+    if inherited:
+        shown = ",".join(pool)
+        where = (
+            f"the pool is CUDA_VISIBLE_DEVICES={shown}"
+            if pool
+            else "CUDA_VISIBLE_DEVICES is empty"
         )
-    return chosen
+    else:
+        where = f"this machine has GPUs {','.join(pool)}" if pool else "this machine has no GPU"
+    if gpus.strip() == "all":
+        if not pool:
+            raise InputError(
+                f"--gpus all found no GPU ({where}); use --workers N for CPU workers."
+            )
+        return pool
+    chosen = [part.strip() for part in gpus.split(",")]
+    picked = []
+    for gpu in chosen:
+        if gpu.isdigit():
+            if int(gpu) >= len(pool):
+                raise InputError(
+                    f"--gpus names GPU {gpu}, which does not exist; {where}. "
+                    "Use --gpus all or --workers N."
+                )
+            picked.append(pool[int(gpu)])
+        elif gpu.startswith(("GPU-", "MIG-")):
+            if inherited and gpu not in pool:
+                raise InputError(f"--gpus names {gpu}, which is not ours; {where}.")
+            picked.append(gpu)
+        else:
+            raise InputError(
+                f"--gpus must be 'all', positions like 0,1,3 or GPU/MIG UUIDs; got {gpus!r}. "
+                f"({where})"
+            )
+    if len(set(picked)) != len(picked):
+        raise InputError(f"--gpus lists a GPU twice: {gpus!r}; use --per-gpu K to share a GPU.")
+    return picked
+
+
+def plan_lines(
+    slots: list[Slot], base: Mapping[str, str], worker_id: Callable[[Slot], str]
+) -> list[str]:
+    """What ``launch --dry-run`` prints: one line per slot, as its worker would start."""
+    keys = (
+        "CUDA_VISIBLE_DEVICES",
+        "TF_FORCE_GPU_ALLOW_GROWTH",
+        "XLA_PYTHON_CLIENT_PREALLOCATE",
+        "XLA_PYTHON_CLIENT_MEM_FRACTION",
+    )
+    lines = []
+    for slot in slots:
+        env = slot.environment(base)
+        shown = " ".join(f"{key}={env[key]!s}" for key in keys if key in env)
+        lines.append(f"{worker_id(slot)}  {slot.label}  {shown}")
+    return lines

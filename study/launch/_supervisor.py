@@ -57,17 +57,26 @@ class WorkerOutcome:
 
 @dataclass(frozen=True)
 class LaunchSummary:
-    """What ``launch`` saw: each slot's outcome, the signal that stopped it (if any), duration."""
+    """What ``launch`` saw: each slot's outcome, the signal that stopped it (if any), duration.
+
+    ``refused`` names the slots whose worker stopped on bad input (exit code 2, e.g. a GPU slot
+    whose backend sees no GPU); the launcher then stopped the other workers too.
+    """
 
     outcomes: list[WorkerOutcome]
     interrupted_by: int | None
     seconds: float
     advice: tuple[str, ...] = ()
+    refused: tuple[str, ...] = ()
 
     @property
     def clean(self) -> bool:
         """True when every worker ended by itself with exit code 0 (no cell left)."""
-        return self.interrupted_by is None and all(o.returncode == 0 for o in self.outcomes)
+        return (
+            self.interrupted_by is None
+            and not self.refused
+            and all(o.returncode == 0 for o in self.outcomes)
+        )
 
 
 @dataclass
@@ -95,8 +104,10 @@ def launch(
     """Run one worker process per slot until all have ended, and say how each ended.
 
     A worker that exits 0 has found no cell left. One that dies otherwise (a crash, an
-    out-of-memory kill) is restarted up to ``max_restarts`` times, except with exit code 2
-    (bad input, which a restart cannot fix). SIGINT and SIGTERM sent to the launcher are passed
+    out-of-memory kill) is restarted up to ``max_restarts`` times, except with exit code 2:
+    bad input, which a restart cannot fix and which the other workers most likely share (the
+    same install, the same study), so they are stopped too (SIGTERM: their cells go back).
+    SIGINT and SIGTERM sent to the launcher are passed
     on as SIGTERM, so each worker fails its running trial for a retry and exits; a second signal
     kills the workers at once.
 
@@ -145,7 +156,13 @@ def launch(
             if item.process.poll() is None:
                 item.process.send_signal(kill)
 
+    def stop_all() -> None:
+        for item in running:
+            if item.process.poll() is None:
+                item.process.send_signal(signal.SIGTERM)
+
     running: list[_Running] = []
+    refused: list[str] = []
     previous = _install(on_signal)
     next_tick = started + tick_s
     watcher = gpu_watcher(slots, usage_watch)
@@ -158,7 +175,7 @@ def launch(
                     if item.done:
                         continue
                     if item.restart_at is not None:
-                        if signals:
+                        if signals or refused:
                             item.done = True
                         elif now >= item.restart_at:
                             item.restart_at = None
@@ -169,7 +186,12 @@ def launch(
                         continue
                     item.reader.join(timeout=5)
                     item.returncode = code
-                    _after_exit(item, code, bool(signals), max_restarts, now)
+                    stopping = bool(signals or refused)
+                    _after_exit(item, code, stopping, max_restarts, now)
+                    if code == _exit.USAGE and not stopping:
+                        refused.append(item.slot.label)
+                        _logger.error("stopping the other workers: they would stop the same way")
+                        stop_all()
                 if on_tick is not None and now >= next_tick:
                     next_tick = now + tick_s
                     on_tick()
@@ -185,6 +207,7 @@ def launch(
         interrupted_by=signals[0] if signals else None,
         seconds=time.monotonic() - started,
         advice=watcher.advice,
+        refused=tuple(refused),
     )
 
 

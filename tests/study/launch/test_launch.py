@@ -70,7 +70,7 @@ def test_without_flags_all_gpus_else_one_cpu_worker() -> None:
         ),
         ({"gpus": "all", "available": gpus()}, r"--gpus all found no GPU.*--workers N"),
         ({"gpus": "0", "available": gpus()}, r"GPU 0, which does not exist; this machine has no"),
-        ({"gpus": "first", "available": gpus("0")}, r"--gpus must be 'all' or GPU indices"),
+        ({"gpus": "first", "available": gpus("0")}, r"--gpus must be 'all', positions like"),
         ({"gpus": "0,0", "available": gpus("0")}, r"--gpus lists a GPU twice.*--per-gpu"),
         ({"gpus": "0", "per_gpu": 0, "available": gpus("0")}, r"--per-gpu must be .*got 0"),
         ({"workers": 0}, r"--workers must be an integer >= 1; got 0"),
@@ -80,6 +80,50 @@ def test_without_flags_all_gpus_else_one_cpu_worker() -> None:
 def test_bad_slot_requests_are_input_errors(kwargs: dict, expected: str) -> None:
     with pytest.raises(InputError, match=expected):
         plan_slots(**kwargs)
+
+
+@pytest.fixture(autouse=True)
+def no_inherited_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests name their pool; one inherited from the machine running them must not leak in."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+def test_an_inherited_cuda_visible_devices_is_the_pool() -> None:
+    # A user given GPUs 4 and 5 of an 8-GPU server takes those two, never all eight.
+    given = {"CUDA_VISIBLE_DEVICES": "4,5"}
+    eight = gpus(*map(str, range(8)))
+    assert [s.gpu for s in plan_slots(gpus="all", available=eight, environ=given)] == ["4", "5"]
+    assert [s.gpu for s in plan_slots(available=eight, environ=given)] == ["4", "5"]
+    assert [s.gpu for s in plan_slots(gpus="1", available=eight, environ=given)] == ["5"]
+    with pytest.raises(InputError, match=r"GPU 2, which does not exist; the pool is .*=4,5"):
+        plan_slots(gpus="2", available=eight, environ=given)
+    none = {"CUDA_VISIBLE_DEVICES": ""}
+    assert [s.label for s in plan_slots(available=eight, environ=none)] == ["w1 cpu"]
+    with pytest.raises(InputError, match=r"found no GPU \(CUDA_VISIBLE_DEVICES is empty\)"):
+        plan_slots(gpus="all", available=eight, environ=none)
+
+
+def test_gpu_and_mig_uuids_are_accepted() -> None:
+    given = {"CUDA_VISIBLE_DEVICES": "GPU-1f2e,MIG-7a8b"}
+    slots = plan_slots(gpus="all", per_gpu=2, available=gpus(), environ=given)
+    assert [s.gpu for s in slots] == ["GPU-1f2e", "GPU-1f2e", "MIG-7a8b", "MIG-7a8b"]
+    assert slots[2].environment({})["CUDA_VISIBLE_DEVICES"] == "MIG-7a8b"
+    assert [s.gpu for s in plan_slots(gpus="MIG-7a8b", available=gpus(), environ=given)] == [
+        "MIG-7a8b"
+    ]
+    with pytest.raises(InputError, match="GPU-0000, which is not ours"):
+        plan_slots(gpus="GPU-0000", available=gpus(), environ=given)
+    # Without an inherited pool a UUID is passed on as given: CUDA checks it.
+    assert [s.gpu for s in plan_slots(gpus="GPU-9c", available=gpus("0"), environ={})] == [
+        "GPU-9c"
+    ]
+
+
+def test_gpu_slots_use_pci_bus_order_and_are_marked() -> None:
+    env = Slot(1, "3").environment({"CUDA_DEVICE_ORDER": "FASTEST_FIRST"})
+    assert (env["CUDA_VISIBLE_DEVICES"], env["CUDA_DEVICE_ORDER"]) == ("3", "PCI_BUS_ID")
+    assert env["LRSTUDY_GPU_SLOT"] == "3"
+    assert "LRSTUDY_GPU_SLOT" not in Slot(2).environment(env)
 
 
 def test_nvidia_smi_output_is_parsed() -> None:
