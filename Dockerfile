@@ -1,11 +1,15 @@
 # syntax=docker/dockerfile:1
-# The lrstudy service image: the `lrstudy` command with TensorFlow on NVIDIA GPUs.
+# The lrstudy service image: the `lrstudy` command with both Keras backends, TensorFlow and
+# JAX, on NVIDIA GPUs. KERAS_BACKEND (default tensorflow) is chosen at run time; a study's
+# workers run its train.backend (docs/performance.md, "The GPU image").
 #
-# Base: python:3.11-slim-bookworm, not an nvidia/cuda image. `tensorflow[and-cuda]` installs the
-# exact CUDA and cuDNN libraries its wheel was built against as pip packages (nvidia-cudnn-cu12,
-# nvidia-cublas-cu12, ...), so a CUDA base image would only add a second copy of several GB that
-# may not match. The host needs the NVIDIA driver and the NVIDIA Container Toolkit, which mounts
-# the driver (libcuda, nvidia-smi) into the container when a GPU is requested.
+# Base: python:3.11-slim-bookworm, not an nvidia/cuda image. `tensorflow[and-cuda]` and
+# `jax[cuda12]` install the CUDA and cuDNN libraries they were built against as pip packages
+# (nvidia-cudnn-cu12, nvidia-cublas-cu12, ...), so a CUDA base image would only add a second
+# copy of several GB that may not match. One pip call resolves both backends' CUDA requirements
+# together, so that they share one copy. The host needs the NVIDIA driver and the NVIDIA
+# Container Toolkit, which mounts the driver (libcuda, nvidia-smi) into the container when a
+# GPU is requested.
 ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS build
@@ -13,14 +17,15 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/lrstudy
 ENV PATH=/opt/lrstudy/bin:$PATH
-# TensorFlow with its CUDA libraries is most of the image and changes rarely: its own layer, so
-# that a code change rebuilds only the small layer below.
-RUN pip install "tensorflow[and-cuda]>=2.18"
+# Both backends with their CUDA libraries are most of the image and change rarely: their own
+# layer, so that a code change rebuilds only the small layer below. The requirements are the
+# package's `gpu` and `jax-cuda` extras (tests/test_deploy.py keeps them equal).
+RUN pip install "tensorflow[and-cuda]>=2.18" "jax[cuda12]>=0.4.30"
 COPY pyproject.toml README.md /src/
 COPY trainer /src/trainer
 COPY storage /src/storage
 COPY study /src/study
-RUN pip install /src
+RUN pip install "/src[gpu,jax-cuda]"
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/lrstudy lrstudy \
@@ -29,8 +34,9 @@ RUN useradd --uid 10001 --user-group --create-home --home-dir /home/lrstudy lrst
 COPY --from=build /opt/lrstudy /opt/lrstudy
 # /cache holds the decoded image cache (platformdirs honours XDG_CACHE_HOME) and Keras' downloaded
 # ImageNet weights; compose mounts a volume there, and the volume takes this folder's owner.
-# Allow-growth lets several workers share one GPU (`launch --per-gpu K`) instead of the first
-# taking all of its memory.
+# GPU memory on demand for both backends, so that several workers share one GPU
+# (`launch --per-gpu K`, which also caps each JAX worker at its share) and a worker started
+# directly (`lrstudy worker`) does not take 75% of the GPU at start, as JAX does by default.
 ENV PATH=/opt/lrstudy/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     KERAS_BACKEND=tensorflow \
@@ -38,6 +44,7 @@ ENV PATH=/opt/lrstudy/bin:$PATH \
     KERAS_HOME=/cache/keras \
     MPLCONFIGDIR=/tmp/matplotlib \
     TF_FORCE_GPU_ALLOW_GROWTH=true \
+    XLA_PYTHON_CLIENT_PREALLOCATE=false \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 WORKDIR /work
 USER 10001:10001

@@ -262,6 +262,41 @@ def test_image_installs_every_package_and_the_build_context_holds_them() -> None
     assert not {".env", ".venv"} & allowed
 
 
+def _pip_installs() -> list[tuple[int, list[str]]]:
+    """(instruction index, requirements) of each ``RUN pip install`` of the Dockerfile."""
+    return [
+        (index, shlex.split(args)[2:])
+        for index, (op, args) in enumerate(_dockerfile())
+        if op == "RUN" and args.startswith("pip install ")
+    ]
+
+
+def test_image_installs_the_cuda_builds_of_both_backends_before_the_code() -> None:
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    (libraries_at, libraries), (package_at, package) = _pip_installs()
+    # One pip call resolves TensorFlow's and JAX's CUDA libraries together (one shared copy),
+    # with the requirements of the package's own extras, so that the two cannot drift apart.
+    assert libraries == [*extras["gpu"], *extras["jax-cuda"]]
+    assert [r.split("]")[0] for r in libraries] == ["tensorflow[and-cuda", "jax[cuda12"]
+    assert package == ["/src[gpu,jax-cuda]"]
+    # The big, rarely changing layer comes before the code, so a code change reuses it.
+    first_copy = min(
+        i for i, (op, args) in enumerate(_dockerfile()) if op == "COPY" and "--from" not in args
+    )
+    assert libraries_at < first_copy < package_at
+
+
+def test_image_takes_gpu_memory_on_demand_under_both_backends() -> None:
+    env = _dockerfile_env()
+    assert env["KERAS_BACKEND"] == "tensorflow"  # the default; `docker run -e` chooses another
+    assert env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    # JAX takes 75% of the GPU at start without this; `launch` sets it too, per worker.
+    assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env  # each worker's share: set by launch
+
+
 # --- deploy/k8s -----------------------------------------------------------------------------
 
 
