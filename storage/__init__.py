@@ -15,13 +15,16 @@ from storage._url import mask_url
 
 if TYPE_CHECKING:
     from storage._engine import LrstudyStorage, open_storage
-    from storage._lock import study_lock
+    from storage._lock import rdb_backend, study_lock
+    from storage._rewrite import rewrite_study
     from storage._transient import call_reconnecting, is_connection_error
 
 _LAZY = {
     "LrstudyStorage": "storage._engine",
     "open_storage": "storage._engine",
     "study_lock": "storage._lock",
+    "rdb_backend": "storage._lock",
+    "rewrite_study": "storage._rewrite",
     "call_reconnecting": "storage._transient",
     "is_connection_error": "storage._transient",
 }
@@ -34,6 +37,8 @@ __all__ = [
     "is_connection_error",
     "mask_url",
     "open_storage",
+    "rdb_backend",
+    "rewrite_study",
     "study_lock",
 ]
 

@@ -151,9 +151,10 @@ def _group_names(label: int, size: int, number: int, rng: random.Random):
             for image in range(1, size + 1):
                 yield f"{patient}-0001-{image:04d}.{_extension(rng)}", patient
     else:
-        patient, kind = f"person{number}", rng.choice(["bacteria", "virus"])
+        kind = rng.choice(["bacteria", "virus"])
+        patient = f"person{number}_{kind}"  # the default patient key, "person-type"
         for image in range(size):
-            yield f"{patient}_{kind}_{number * 10 + image}.{_extension(rng)}", patient
+            yield f"{patient}_{number * 10 + image}.{_extension(rng)}", patient
 
 
 def _extension(rng: random.Random) -> str:

@@ -131,7 +131,14 @@ print(json.dumps(sorted(m for m in {heavy} if m in sys.modules)))
 
 
 @pytest.mark.parametrize(
-    "args", [["--help"], ["status", "--help"], ["export", "--help"], ["run", "--help"]]
+    "args",
+    [
+        ["--help"],
+        ["status", "--help"],
+        ["export", "--help"],
+        ["run", "--help"],
+        ["lr-find", "--help"],
+    ],
 )
 def test_help_loads_no_heavy_library(args: list[str]) -> None:
     done = subprocess.run(

@@ -40,6 +40,8 @@ from study.grid import (
     load_grid_study,
     retries_used,
     run_worker,
+    study_folder,
+    study_uid,
 )
 from study.spec import cell_key
 from tests.postgres import PostgresServer
@@ -320,7 +322,8 @@ def test_a_real_cell_killed_mid_epoch_resumes_after_its_last_finished_epoch(
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     study = optuna.load_study(study_name="chaos", storage=url)
-    checkpoint = tmp_path / "artifacts" / "chaos" / "learning_rate=0.01__seed=0" / CHECKPOINT_FILE
+    folder = study_folder(tmp_path / "artifacts", "chaos", study_uid(study))
+    checkpoint = folder / "learning_rate=0.01__seed=0" / CHECKPOINT_FILE
 
     def three_epochs_on_disk() -> bool:
         # The trainer reports an epoch as soon as its checkpoint write has started (in the
@@ -468,7 +471,8 @@ def test_a_full_disk_fails_the_trial_clearly_then_the_retry_completes(
     with _small_disk(artifacts) as free_space:
         study, work = _in_process_cell(tmp_path, dataset_dir, cache_dir, storage_url, artifacts)
         if not (artifacts / "ballast").exists():
-            out = artifacts / "chaos" / cell_key({"learning_rate": 0.01, "seed": 0})
+            folder = study_folder(artifacts, "chaos", study_uid(study))
+            out = folder / cell_key({"learning_rate": 0.01, "seed": 0})
             out.mkdir(parents=True)
             (out / f".checkpoint.npz.{os.getpid()}.tmp").symlink_to("/dev/full")
         work(after_trial=lambda _study: free_space())

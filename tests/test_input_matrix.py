@@ -51,7 +51,7 @@ ROWS = [
     Row("data check {bad}", r"1 image\(s\) cannot be decoded: train/PNEUMONIA/person9999", SUB),
     Row(
         "data check {ds} --split folds",
-        r'--split must be one of "kaggle", "paper", "ratios"; got .fo',
+        r'--split must be one of "kaggle", "paper", "ratios", "paper-by-image"; got .fo',
     ),
     Row(
         "data check {ds} --split ratios --ratios 0.5,0.2,0.2",

@@ -8,7 +8,7 @@ from trainer._dataset import DataConfig, choose_parts, undecodable_message
 from trainer._decode import find_undecodable
 from trainer._patients import CLASS_NAMES
 from trainer._scan import PART_NAMES, IgnoredFolder, scan
-from trainer._split import shared_patients
+from trainer._split import shared_patients, with_patient_key
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class DataReport:
     layout: str  # "kaggle" | "flat"
     config: DataConfig
     parts: dict[str, PartCounts]
-    shared_patients: tuple[str, ...]  # ids with images in two parts (only the kaggle split)
+    shared_patients: tuple[str, ...]  # ids (of config.patient_key) with images in two parts
     ignored: tuple[str, ...]  # hidden or non-image files
     ignored_folders: tuple[IgnoredFolder, ...]  # duplicate copies and __MACOSX, not scanned
     bad: dict[str, str]  # undecodable image -> reason
@@ -47,9 +47,29 @@ class DataReport:
             )
         return None
 
+    @property
+    def leak(self) -> str | None:
+        """Why val and test scores of this split are optimistic, in one line; None for a split
+        that keeps every patient in one part."""
+        count = len(self.shared_patients)
+        if self.config.split == "paper-by-image":
+            return (
+                f"LEAKS: split 'paper-by-image' ignores patients on purpose ({count} patients "
+                "have images in two parts), so val/test scores are inflated; it is the leakage "
+                "control, to compare with a study of --split paper"
+            )
+        if not count:
+            return None
+        return (
+            f"LEAKS: {count} patients have images in two parts of split "
+            f"{self.config.split!r}, so val/test scores are inflated; --split paper and ratios "
+            "are patient-disjoint"
+        )
+
     def to_json(self) -> dict:
         """The report as one JSON object: the keys ``parts``, ``shared_patients``, ``ignored``
-        and ``bad`` as documented, plus the settings and the smaller findings.
+        and ``bad`` as documented, plus the settings and the smaller findings; ``leak`` is the
+        line of ``leak``, None for a patient-disjoint split.
 
         ``ignored`` holds ``files`` (hidden or non-image files in the class folders) and
         ``folders`` (each left out whole: ``path`` from the root, ``reason`` "duplicate" or
@@ -61,6 +81,7 @@ class DataReport:
             "split_seed": self.config.split_seed,
             "ratios": list(self.config.ratios) if self.config.split == "ratios" else None,
             "limit_per_class": self.config.limit_per_class,
+            "patient_key": self.config.patient_key,
             "parts": {
                 name: {
                     **dict(zip(CLASS_NAMES, counts.images, strict=True)),
@@ -70,6 +91,7 @@ class DataReport:
             },
             "shared_patients": len(self.shared_patients),
             "shared_patient_ids": list(self.shared_patients),
+            "leak": self.leak,
             "ignored": {
                 "files": len(self.ignored),
                 "folders": [
@@ -94,13 +116,14 @@ def check_dataset(config: DataConfig, *, workers: int | None = None) -> DataRepo
             the kaggle split of a flat pool). Undecodable images are reported, not raised.
     """
     scanned = scan(config.folder())
-    paths = [record.path for record in scanned.records]
+    records = with_patient_key(scanned.records, config.patient_key)
+    paths = [record.path for record in records]
     bad = find_undecodable(scanned.root, paths, workers=workers)
-    bad_rows = {i for i, record in enumerate(scanned.records) if record.path in bad}
-    parts = choose_parts(scanned.records, config, bad_rows if config.skip_bad else set())
+    bad_rows = {i for i, record in enumerate(records) if record.path in bad}
+    parts = choose_parts(records, config, bad_rows if config.skip_bad else set())
     counts = {}
     for name in PART_NAMES:
-        members = [scanned.records[i] for i in parts[name]]
+        members = [records[i] for i in parts[name]]
         counts[name] = PartCounts(
             images=(
                 sum(record.label == 0 for record in members),
@@ -113,7 +136,7 @@ def check_dataset(config: DataConfig, *, workers: int | None = None) -> DataRepo
         layout=scanned.layout,
         config=config,
         parts=counts,
-        shared_patients=tuple(shared_patients(scanned.records, parts)),
+        shared_patients=tuple(shared_patients(records, parts)),
         ignored=scanned.ignored,
         ignored_folders=scanned.ignored_folders,
         bad=bad,

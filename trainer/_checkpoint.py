@@ -9,6 +9,7 @@ cut short or altered on disk fails to load and is reported and ignored, never ha
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
@@ -193,6 +194,25 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:
         python_rng=(version, tuple(internal), gauss),
         numpy_rng=(numpy_name, entries["rng/numpy_keys"], position, has_gauss, cached),
     )
+
+
+def set_aside(path: str | os.PathLike[str], reason: str) -> Path:
+    """Move the checkpoint at ``path`` into a sibling folder of its own, and log why.
+
+    A checkpoint that must not be resumed (it is of another cell) is still someone's work:
+    it goes to ``<folder>.set-aside-<UTC time>/``, beside the folder it was in, and the cell
+    starts afresh instead of failing.
+
+    Returns:
+        Where the checkpoint is now.
+    """
+    source = Path(path).absolute()
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    target = source.parent.with_name(f"{source.parent.name}.set-aside-{stamp}") / source.name
+    target.parent.mkdir(parents=True)
+    os.replace(source, target)
+    _logger.warning("checkpoint %s is %s: moved it to %s, starting afresh", source, reason, target)
+    return target
 
 
 def _series(entries: dict[str, np.ndarray], prefix: str) -> tuple[np.ndarray, ...]:

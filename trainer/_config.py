@@ -18,6 +18,14 @@ from trainer._errors import ConfigError
 from trainer._model import MIN_IMAGE_SIZE, MODELS, OPTIMIZERS
 
 TEST_WEIGHTS = ("last", "best")
+BACKENDS = ("tensorflow", "jax")
+# What a spec or checkpoint stored before a key existed meant by leaving it out: the values that
+# reproduce the old behaviour (old studies split patients by person number alone, merging
+# personN_bacteria with personN_virus). Filled in before such a spec or checkpoint is checked.
+KEYS_ADDED_LATER: dict[str, dict[str, Any]] = {
+    "train": {"freeze_base": False, "backend": "tensorflow"},
+    "data": {"patient_key": "person"},
+}
 # Fields that may change between a run and its resumption without changing what is trained:
 # where it is written, how far it goes, how evaluation is batched and where the data and its
 # cache live (the dataset fingerprint, not the folder, says whether the data is the same).
@@ -33,7 +41,8 @@ def _jit_compile(key: str, value: Any) -> bool | str:
 
 def _key(default: Any, check: _checks.Check, help: str, *, axis: bool = True) -> Any:
     """A training key: its default, its check, one line of help, and whether it may be a grid
-    axis (a key that changes only how fast a cell runs is none)."""
+    axis (a key that changes only how fast a cell runs is none, nor the backend, which a worker
+    process loads once)."""
     return field(default=default, metadata={"check": check, "help": help, "axis": axis})
 
 
@@ -48,6 +57,9 @@ class TrainConfig:
         model: ``"inception_v3"`` or ``"small_cnn"``. Defaults to `"inception_v3"`.
         weights: ``"imagenet"``, ``"none"`` or the path of a no-top base weights file.
             Defaults to `"imagenet"`, as Keras does.
+        freeze_base: Train only the Dense head on a frozen base (its batch normalisation in
+            inference mode), the Keras transfer-learning guide's pattern; the paper does not say
+            which it did. Defaults to `False`: every layer trains, as Keras builds Inception V3.
         image_size: Side of the square input in pixels; >= 75 for Inception V3, >= 32 for
             the small CNN. Defaults to `224`.
         epochs: Epochs to train. Defaults to `60`.
@@ -59,12 +71,15 @@ class TrainConfig:
             ``"best"`` validation epoch's. Defaults to `"last"`, as a plain Keras run gives.
         deterministic: Switch on the backend's deterministic kernels (slower on GPU).
             Defaults to `True`.
-        mixed_precision: Compute in float16 with float32 weights and a float32 sigmoid head,
+        mixed_precision: Compute in float16 with float32 weights and a float32 logit head,
             the loss scaled by Keras; faster on GPUs, but results differ from float32 ones.
             Defaults to `False`.
         jit_compile: Compile the training and prediction steps with XLA: ``"auto"`` (Keras's
             choice: on under JAX, on under TensorFlow only with a GPU and without
             ``deterministic``), ``True`` or ``False``. Defaults to `"auto"`.
+        backend: The Keras backend, ``"tensorflow"`` or ``"jax"``: part of the protocol, since
+            the two give different numbers; a cell refuses to train under another one.
+            Defaults to `"tensorflow"`.
     """
 
     model: str = _key(
@@ -76,6 +91,11 @@ class TrainConfig:
         "imagenet",
         _checks.string,
         '"imagenet" (downloaded by Keras once), "none", or a local weights file',
+    )
+    freeze_base: bool = _key(
+        False,
+        _checks.boolean,
+        "true: train the head alone on a frozen base; false: fine-tune every layer",
     )
     image_size: int = _key(
         224, _checks.integer(1), "pixels per side; Inception V3 needs at least 75"
@@ -103,6 +123,12 @@ class TrainConfig:
         "auto",
         _jit_compile,
         '"auto" (Keras decides), true or false: XLA compilation of the steps',
+        axis=False,
+    )
+    backend: str = _key(
+        "tensorflow",
+        _checks.choice(BACKENDS),
+        '"tensorflow" or "jax": the Keras backend every worker runs (KERAS_BACKEND)',
         axis=False,
     )
 

@@ -12,8 +12,9 @@ import numpy as np
 from trainer import _checks
 from trainer._cache import PREPROCESS_VERSION, open_pool_cache
 from trainer._errors import InputError
+from trainer._patients import DEFAULT_PATIENT_KEY, PATIENT_KEYS
 from trainer._scan import PART_NAMES, ImageRecord, scan
-from trainer._split import SPLITS, limit_parts, split_records
+from trainer._split import SPLITS, limit_parts, split_records, with_patient_key
 
 _logger = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ class DataConfig:
             or flat ``ROOT/{NORMAL,PNEUMONIA}``; each machine may have its own. Defaults to
             `None` (not known yet: a study's spec may leave it to ``--data``).
         split: ``"paper"`` (Table 2 of Kim & Ye; proportional on another pool), ``"kaggle"``
-            (the folders as they are) or ``"ratios"``. Defaults to `"paper"`.
+            (the folders as they are), ``"ratios"``, or ``"paper-by-image"`` (Table 2's counts
+            drawn by image, ignoring patients: a leakage control). Defaults to `"paper"`.
         split_seed: Seed of the patient assignment and of ``limit_per_class``. Defaults to `0`.
         ratios: Train, val and test shares for ``split="ratios"``, each > 0, summing to 1.
             Defaults to `(0.7, 0.15, 0.15)`.
@@ -37,6 +39,10 @@ class DataConfig:
             cache folder.
         skip_bad: Leave out undecodable images instead of refusing the dataset.
             Defaults to `False`.
+        patient_key: What makes a PNEUMONIA patient: ``"person-type"`` (person1946_bacteria
+            and person1946_virus are two patients, as the dataset numbers them) or
+            ``"person"`` (one, the merged key of studies made before this key existed).
+            Defaults to `"person-type"`.
     """
 
     root: str | None = None
@@ -46,6 +52,7 @@ class DataConfig:
     limit_per_class: int | None = None
     cache_dir: str | None = None
     skip_bad: bool = False
+    patient_key: str = DEFAULT_PATIENT_KEY
 
     def __post_init__(self) -> None:
         _checks.optional(_checks.string)("root", self.root)
@@ -55,6 +62,7 @@ class DataConfig:
         _checks.optional(_checks.integer(1))("limit_per_class", self.limit_per_class)
         _checks.optional(_checks.string)("cache_dir", self.cache_dir)
         _checks.boolean("skip_bad", self.skip_bad)
+        _checks.choice(PATIENT_KEYS)("patient_key", self.patient_key)
 
     def folder(self) -> str:
         """``root``, which reading the data needs."""
@@ -127,26 +135,25 @@ def load_dataset(config: DataConfig, image_size: int, *, workers: int | None = N
             "Use e.g. --image-size 224."
         )
     scanned = scan(config.folder())
+    records = with_patient_key(scanned.records, config.patient_key)
     if config.split == "kaggle":
-        split_records(scanned.records, "kaggle")  # refuse a flat pool before decoding anything
-    cache = open_pool_cache(
-        scanned.root, scanned.records, image_size, config.cache_dir, workers=workers
-    )
+        split_records(records, "kaggle")  # refuse a flat pool before decoding anything
+    cache = open_pool_cache(scanned.root, records, image_size, config.cache_dir, workers=workers)
     bad_rows = {row for row, path in enumerate(cache.paths) if path in cache.bad}
     if bad_rows and not config.skip_bad:
         raise InputError(undecodable_message(cache.bad))
-    parts = choose_parts(scanned.records, config, bad_rows)
+    parts = choose_parts(records, config, bad_rows)
     built = {
         name: Part(
             name=name,
             images=cache.images,
             indices=np.asarray(rows, dtype=np.int64),
-            labels=np.asarray([scanned.records[i].label for i in rows], dtype=np.uint8),
-            paths=tuple(scanned.records[i].path for i in rows),
+            labels=np.asarray([records[i].label for i in rows], dtype=np.uint8),
+            paths=tuple(records[i].path for i in rows),
         )
         for name, rows in parts.items()
     }
-    fingerprint = _fingerprint(scanned.records, parts, config, image_size)
+    fingerprint = _fingerprint(records, parts, config, image_size)
     _logger.info(
         "dataset %s, split %s (seed %d): %s; fingerprint %s",
         scanned.root,
@@ -171,7 +178,10 @@ def load_dataset(config: DataConfig, image_size: int, *, workers: int | None = N
 def choose_parts(
     records: tuple[ImageRecord, ...], config: DataConfig, bad_rows: set[int]
 ) -> dict[str, list[int]]:
-    """Rows of each part: the split of the decodable images, then the per-class limit."""
+    """Rows of each part: the split of the decodable images, then the per-class limit.
+
+    ``records`` carry the patients of ``config.patient_key`` (``with_patient_key``).
+    """
     usable = [i for i in range(len(records)) if i not in bad_rows]
     kept = [records[i] for i in usable]
     parts = split_records(kept, config.split, seed=config.split_seed, ratios=config.ratios)

@@ -87,8 +87,12 @@ class LrFindResult:
     @property
     def steepest_lr(self) -> float | None:
         """The rate where the smoothed loss falls fastest per decade of rate, after the first
-        ``WARMUP_POINTS``; None if the curve is too short or never falls there."""
+        ``WARMUP_POINTS`` and up to the lowest loss (a fall back from a spike beyond it is no
+        descent); None if that stretch is too short or never falls."""
         curve = self.curve
+        if curve:
+            lowest = min(range(len(curve)), key=lambda index: curve[index].smoothed_loss)
+            curve = curve[: lowest + 1]
         if len(curve) < WARMUP_POINTS + 2:
             return None
         slopes = np.gradient(

@@ -1,4 +1,4 @@
-"""The cell's network: a feature base (Inception V3 or a small CNN) under one sigmoid head."""
+"""The cell's network: a feature base (Inception V3 or a small CNN) under one logit head."""
 
 from __future__ import annotations
 
@@ -35,13 +35,16 @@ def build_model(
     learning_rate: float,
     mixed_precision: bool = False,
     jit_compile: bool | str = "auto",
+    freeze_base: bool = False,
 ) -> keras.Model:
     """Build and compile the network of one cell.
 
     The input is uint8 images of shape ``(image_size, image_size, 3)``; Inception's own scaling,
     ``x / 127.5 - 1``, is the first layer, so feeds stay uint8 and no preprocessing runs outside
-    the graph. The base is global-average pooled and topped by ``Dense(1, sigmoid)``, giving the
-    probability of PNEUMONIA. Compiled with binary cross-entropy and the accuracy metric.
+    the graph. The base is global-average pooled and topped by ``Dense(1)`` without activation:
+    the model outputs the logit of PNEUMONIA (its probability is the sigmoid of it). Compiled
+    with binary cross-entropy from the logit, which stays finite and unclipped where the sigmoid
+    saturates and is the same function on every backend, and the accuracy at logit > 0 (p > 0.5).
 
     Args:
         model: ``"inception_v3"`` (``keras.applications.InceptionV3`` without its top) or
@@ -54,12 +57,15 @@ def build_model(
         optimizer: ``"adam"``, ``"sgd"`` or ``"rmsprop"``.
         learning_rate: The optimizer's learning rate.
         mixed_precision: Build under Keras's ``mixed_float16`` policy (float16 compute,
-            float32 weights) with the sigmoid head in float32, so probabilities and the loss
-            keep float32's range; Keras then wraps the optimizer in a ``LossScaleOptimizer``.
+            float32 weights) with the head in float32, so the logit and the loss keep float32's
+            range; Keras then wraps the optimizer in a ``LossScaleOptimizer``.
             Defaults to `False`.
         jit_compile: Passed to ``model.compile``: ``"auto"``, ``True`` or ``False``. Keras
             turns ``True`` into ``False`` (with a warning) where the model cannot be compiled,
             e.g. under TensorFlow with op determinism on. Defaults to `"auto"`.
+        freeze_base: Train the head alone, as the Keras transfer-learning guide does: the base
+            is not trainable and is called with ``training=False``, so its batch normalisation
+            keeps the statistics of its weights. Defaults to `False` (every layer trains).
     """
     import keras
 
@@ -74,15 +80,19 @@ def build_model(
         x = keras.layers.Rescaling(scale=1.0 / 127.5, offset=-1.0, name="inception_scaling")(
             inputs
         )
-        x = base(x)
-        outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="pneumonia")(x)
+        if freeze_base:
+            base.trainable = False
+            x = base(x, training=False)
+        else:
+            x = base(x)
+        outputs = keras.layers.Dense(1, dtype="float32", name="pneumonia")(x)
         network = keras.Model(inputs, outputs, name=f"{model}_cell")
     finally:
         keras.config.set_dtype_policy(previous)
     network.compile(
         optimizer=_optimizer(optimizer, learning_rate),
-        loss="binary_crossentropy",
-        metrics=["accuracy"],
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+        metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)],
         jit_compile=jit_compile,
     )
     return network

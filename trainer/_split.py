@@ -1,20 +1,23 @@
-"""Patient-disjoint train/val/test splits: the Kaggle folders, the paper's Table 2, or ratios."""
+"""Patient-disjoint train/val/test splits: the Kaggle folders, the paper's Table 2, or ratios;
+and Table 2 drawn by image, the leakage control."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
+import os
 from collections.abc import Sequence
 
 import numpy as np
 
 from trainer._errors import InputError
-from trainer._patients import CLASS_NAMES
+from trainer._patients import CLASS_NAMES, patient_id
 from trainer._scan import PART_NAMES, ImageRecord
 
 _logger = logging.getLogger(__name__)
 
-SPLITS = ("kaggle", "paper", "ratios")
+SPLITS = ("kaggle", "paper", "ratios", "paper-by-image")
 
 # Kim & Ye (2022), Table 2: images per part (rows train, val, test) and class (NORMAL, PNEUMONIA).
 PAPER_COUNTS = np.array([[790, 2140], [593, 1833], [200, 300]], dtype=np.int64)
@@ -28,11 +31,14 @@ def split_records(
     ratios: Sequence[float] = (0.7, 0.15, 0.15),
 ) -> dict[str, list[int]]:
     """Positions in ``records`` of each part, ascending; no patient is in two parts
-    (except in ``kaggle``, which keeps the folders as they are).
+    (except in ``kaggle``, which keeps the folders as they are, and ``paper-by-image``).
 
     ``paper`` gives exactly Table 2 on the full 5,856-image pool and the same per-class
     proportions (largest-remainder rounding) on any other pool; ``ratios`` does the same with
-    one proportion per part for both classes. Both are a pure function of the records and seed.
+    one proportion per part for both classes. ``paper-by-image`` draws the counts of ``paper``
+    image by image, ignoring patients: the leakage control, whose val and test scores show how
+    much a split that lets a patient into two parts inflates them. Each is a pure function of
+    the records and seed.
     """
     if split == "kaggle":
         if any(record.folder_part is None for record in records):
@@ -44,7 +50,7 @@ def split_records(
             part: [i for i, record in enumerate(records) if record.folder_part == part]
             for part in PART_NAMES
         }
-    if split == "paper":
+    if split in ("paper", "paper-by-image"):
         shares = PAPER_COUNTS / PAPER_COUNTS.sum(axis=0)
     elif split == "ratios":
         shares = np.repeat(np.asarray(ratios, dtype=np.float64)[:, None], 2, axis=1)
@@ -52,7 +58,20 @@ def split_records(
         raise InputError(f"split must be one of {', '.join(SPLITS)}; got {split!r}.")
     totals = np.bincount([record.label for record in records], minlength=len(CLASS_NAMES))
     targets = np.stack([_round_shares(shares[:, k], totals[k]) for k in range(2)], axis=1)
-    return _split_groups(records, targets, seed)
+    return _split_groups(records, targets, seed, by_image=split == "paper-by-image")
+
+
+def with_patient_key(records: Sequence[ImageRecord], key: str) -> tuple[ImageRecord, ...]:
+    """The records with each patient read from the file name under ``key`` (see
+    ``patient_id``); a name outside the dataset's schemes stays its own patient."""
+    return tuple(
+        dataclasses.replace(
+            record,
+            patient=patient_id(os.path.splitext(os.path.basename(record.path))[0], key)
+            or record.path,
+        )
+        for record in records
+    )
 
 
 def limit_parts(
@@ -97,11 +116,12 @@ def _round_shares(shares: np.ndarray, total: int) -> np.ndarray:
 
 
 def _split_groups(
-    records: Sequence[ImageRecord], targets: np.ndarray, seed: int
+    records: Sequence[ImageRecord], targets: np.ndarray, seed: int, *, by_image: bool
 ) -> dict[str, list[int]]:
+    """Assign whole groups: a patient's images, or each image alone (``by_image``)."""
     patients: dict[str, list[int]] = {}
     for i, record in enumerate(records):
-        patients.setdefault(record.patient, []).append(i)
+        patients.setdefault(record.path if by_image else record.patient, []).append(i)
     names = sorted(patients)
     counts = np.zeros((len(names), 2), dtype=np.int64)
     for g, name in enumerate(names):

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainer._atomic import write_atomic
-from trainer._checkpoint import Checkpoint, CheckpointWriter, load_checkpoint
-from trainer._config import CellConfig
-from trainer._errors import InputError
-from trainer._metrics import binary_metrics, validation_metrics
+from trainer._checkpoint import Checkpoint, CheckpointWriter, load_checkpoint, set_aside
+from trainer._config import KEYS_ADDED_LATER, CellConfig
+from trainer._errors import ConfigError, InputError
+from trainer._metrics import binary_metrics, sigmoid, validation_metrics
 
 if TYPE_CHECKING:
     import keras
@@ -50,7 +50,9 @@ class CellResult:
     ``best`` hold ``epoch``, ``val_loss`` and ``val_accuracy`` of the last epoch and of the best
     one (highest ``val_accuracy``, then lowest ``val_loss``, then earliest). ``test`` holds the
     test metrics of ``BinaryMetrics`` plus ``weights`` and ``epoch`` of the weights tested.
-    ``seconds`` is the wall time of this call (a resumed cell counts only its own part).
+    ``trainable_parameters`` counts the weights training changes (2,049 for a frozen Inception
+    V3: the head's). ``seconds`` is the wall time of this call (a resumed cell counts only its
+    own part).
     """
 
     config: CellConfig
@@ -61,6 +63,7 @@ class CellResult:
     epochs_run: int
     diverged: bool
     diverged_epoch: int | None
+    trainable_parameters: int
     predictions_path: str
     checkpoint_path: str
     environment: dict[str, Any]
@@ -78,6 +81,7 @@ class CellResult:
                 "epochs_run": self.epochs_run,
                 "diverged": self.diverged,
                 "diverged_epoch": self.diverged_epoch,
+                "trainable_parameters": self.trainable_parameters,
                 "predictions_path": self.predictions_path,
                 "checkpoint_path": self.checkpoint_path,
                 "environment": self.environment,
@@ -125,6 +129,7 @@ def set_up_cell(
     Raises:
         InputError: A bad dataset, a weights file that does not fit, or unreachable ImageNet
             weights; or what ``check_data`` raises.
+        ConfigError: ``config.backend`` is not the Keras backend loaded in this process.
     """
     from trainer._dataset import load_dataset
     from trainer._model import build_model, check_imagenet_reachable
@@ -135,8 +140,17 @@ def set_up_cell(
     if check_data is not None:
         check_data(dataset)
     # Keras (seconds to import) loads only now, so the checks above answer at once.
+    import keras
+
     from trainer._feed import BatchFeed
 
+    if keras.backend.backend() != config.backend:
+        raise ConfigError(
+            "backend",
+            f'"{keras.backend.backend()}", the Keras backend loaded in this process',
+            config.backend,
+            f"set KERAS_BACKEND={config.backend} before Keras is imported",
+        )
     _share_gpu_memory()
     seed_and_determinism(config.seed, config.deterministic)
     model = build_model(
@@ -147,6 +161,7 @@ def set_up_cell(
         learning_rate=config.learning_rate,
         mixed_precision=config.mixed_precision,
         jit_compile=config.jit_compile,
+        freeze_base=config.freeze_base,
     )
     if config.jit_compile is True and not model.jit_compile:
         _logger.warning(
@@ -179,8 +194,9 @@ def train_cell(
         config: The cell.
         hook: Called after each epoch with its number and logs (the history row plus
             ``diverged``); returning True stops training. Defaults to `None`.
-        resume: Continue from the checkpoint in ``out_dir`` if one is there (it must come from
-            the same cell; ``epochs`` may grow); without it an existing checkpoint is an error.
+        resume: Continue from the checkpoint in ``out_dir`` if one is there (``epochs`` may
+            grow); one of another cell is set aside and the cell starts afresh. Without it an
+            existing checkpoint is an error.
             Defaults to `False`.
         verbose: Show a progress bar per epoch on stdout. Defaults to `False`.
 
@@ -218,6 +234,7 @@ def train_cell(
         _run_epochs(model, cell.train_feed, dataset.val, config, state, writer, hook, verbose)
 
     test = _test(model, dataset.test, config, state)
+    trainable = sum(int(np.prod(variable.shape)) for variable in model.trainable_weights)
     predictions_path = out / PREDICTIONS_FILE
     _write_predictions(predictions_path, dataset.test, test.pop("probabilities"))
     _write_history(out / HISTORY_FILE, state["history"])
@@ -230,6 +247,7 @@ def train_cell(
         epochs_run=_done(state),
         diverged=state["diverged"],
         diverged_epoch=state["diverged_epoch"],
+        trainable_parameters=trainable,
         predictions_path=str(predictions_path),
         checkpoint_path=str(checkpoint_path),
         environment={
@@ -314,16 +332,15 @@ def _resumable(
             f"out_dir (--out) {path.parent} already holds a checkpoint after epoch {done}; "
             "pass --resume to continue it, or choose another --out"
         )
-    saved = previous.state.get("resume_key", {})
+    saved = {**KEYS_ADDED_LATER["train"], **previous.state.get("resume_key", {})}
+    saved["data"] = {**KEYS_ADDED_LATER["data"], **saved.get("data", {})}
     wanted = config.resume_key()
     differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
     if previous.state.get("fingerprint") != fingerprint:
         differ.append("dataset fingerprint")
     if differ:
-        raise InputError(
-            f"--resume: the checkpoint in {path.parent} is of another cell (differs in "
-            f"{', '.join(differ)}); use the same settings or another --out"
-        )
+        set_aside(path, f"of another cell (differs in {', '.join(differ)})")
+        return None
     return previous
 
 
@@ -369,6 +386,7 @@ def seed_and_determinism(seed: int, deterministic: bool) -> None:
 
 
 def _predict(model: keras.Model, part: Part, config: CellConfig) -> np.ndarray:
+    """The model's logits of PNEUMONIA for the part's images, in order."""
     from trainer._feed import BatchFeed
 
     if len(part) == 0:
@@ -391,7 +409,7 @@ def _test(
             )
         best.restore(model)
         epoch = state["best"]["epoch"]
-    probabilities = _predict(model, part, config)
+    probabilities = sigmoid(_predict(model, part, config))
     metrics = binary_metrics(part.labels, probabilities).to_dict()
     return {
         "weights": config.test_weights,
@@ -420,7 +438,7 @@ def _cell_name(config: CellConfig) -> str:
 
 
 def _write_predictions(path: Path, part: Part, probabilities: np.ndarray) -> None:
-    """``path,label,probability`` per test image; repr keeps every float32 digit."""
+    """``path,label,probability`` per test image; repr keeps every digit."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["path", "label", "probability"])

@@ -28,7 +28,9 @@ _COMMAND_MODULES = (
     "study.cli._create",
     "study.cli._workers",
     "study.cli._status",
+    "study.cli._lifecycle",
     "study.cli._results",
+    "study.cli._lr_find",
     "study.cli._slurm",
 )
 

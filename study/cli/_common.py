@@ -14,7 +14,6 @@ from trainer import ConfigError, InputError
 
 # Launched workers read the storage URL from here, so a password never shows in `ps`.
 STORAGE_ENV = "LRSTUDY_STORAGE"
-BACKENDS = ("tensorflow", "jax")
 
 
 def common_options(*, top: bool) -> argparse.ArgumentParser:

@@ -89,7 +89,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split",
         default=_DEFAULTS.split,
-        help="paper (Table 2 of the paper; default), kaggle (the folders as they are) or ratios.",
+        help="paper (Table 2 of the paper; default), kaggle (the folders as they are), ratios, "
+        "or paper-by-image (Table 2 drawn by image, ignoring patients: the leakage control).",
     )
     parser.add_argument(
         "--ratios",
@@ -111,6 +112,12 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="Image cache folder (default: the user cache).",
     )
     parser.add_argument("--skip-bad", action="store_true", help="Leave out undecodable images.")
+    parser.add_argument(
+        "--patient-key",
+        default=_DEFAULTS.patient_key,
+        help="person-type (default: person1_bacteria and person1_virus are two patients) or "
+        "person (one patient: the merged key of older studies).",
+    )
 
 
 def data_config(args: argparse.Namespace) -> DataConfig:
@@ -127,6 +134,7 @@ def data_config(args: argparse.Namespace) -> DataConfig:
             limit_per_class=args.limit_per_class,
             cache_dir=args.cache_dir,
             skip_bad=args.skip_bad,
+            patient_key=args.patient_key,
         )
     except ConfigError as error:
         raise flag_error(error, {"root": "DATA"}) from error
@@ -191,7 +199,8 @@ def _table(report: DataReport) -> str:
     lines = [
         f"{report.root} ({report.layout} layout), split {config.split}, seed {config.split_seed}"
         + (f", ratios {','.join(map(str, config.ratios))}" if config.split == "ratios" else "")
-        + (f", at most {config.limit_per_class} per class" if config.limit_per_class else ""),
+        + (f", at most {config.limit_per_class} per class" if config.limit_per_class else "")
+        + f", patient key {config.patient_key}",
         "",
         f"{header}{'total':>9}{'patients':>10}",
     ]
@@ -205,10 +214,9 @@ def _table(report: DataReport) -> str:
     shared = report.shared_patients
     lines.append(f"patients in two parts: {len(shared)}")
     if shared:
-        lines[-1] += (
-            f" ({', '.join(shared[:5])}{', ...' if len(shared) > 5 else ''}; the folders are "
-            "not patient-disjoint, --split paper and ratios are)"
-        )
+        lines[-1] += f" ({', '.join(shared[:5])}{', ...' if len(shared) > 5 else ''})"
+    if report.leak:
+        lines.append(report.leak)
     for part in report.missing_parts:
         lines.append(f"folder {part}/ is absent: the {part} part of --split kaggle is empty")
     if report.unnamed:

@@ -30,6 +30,26 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         metavar="DIR",
         help="Write trials.csv, summary.json, summary.md and PNG figures into DIR instead.",
     )
+    export.add_argument(
+        "--artifacts",
+        metavar="DIR",
+        help="This machine's artifacts folder (the spec's study.artifacts), if the study's "
+        "files moved; predictions are read from its artifact store.",
+    )
+    export.add_argument(
+        "--resamples",
+        type=int,
+        default=2000,  # study.results._bootstrap.RESAMPLES, not imported: --help stays fast
+        metavar="N",
+        help="Bootstrap resamples of the test patients per trial, for the 95%% intervals "
+        "(default 2000).",
+    )
+    export.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="Seed of the patient bootstrap, so that an export is reproducible (default 0).",
+    )
     export.set_defaults(handler=_export)
 
     dashboard = subparsers.add_parser(
@@ -56,15 +76,23 @@ def _export(args: argparse.Namespace) -> int:
     quiet_optuna()
     from storage import open_storage
     from study.grid import load_grid_study
-    from study.results import collect, render, write_export
+    from study.results import Review, collect, render, write_export
+    from trainer import InputError
 
+    if args.resamples < 1:
+        raise InputError(f"--resamples must be at least 1; got {args.resamples}; e.g. 2000")
+    if args.seed < 0:
+        raise InputError(f"--seed must be 0 or more; got {args.seed}; e.g. --seed 0")
     url = storage_url(args.storage)
-    results = collect(load_grid_study(open_storage(url, existing=True), args.study))
+    study = load_grid_study(open_storage(url, existing=True), args.study)
+    review = Review(resamples=args.resamples, seed=args.seed, artifacts=args.artifacts)
+    results = collect(study, review)
+    notes = list(results.notes)
     if args.out is None:
         sys.stdout.write(render(results, args.format))
-        notes: list[str] = []
     else:
-        written, notes = write_export(results, args.out)
+        written, figure_notes = write_export(results, args.out)
+        notes += figure_notes
         for path in written:
             print(path)
     # After the output: a refused --out ends in its one error line, with nothing said before.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from typing import TYPE_CHECKING, Any
 
 from study.cli._common import flag_error
@@ -41,18 +42,22 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per training key (``--image-size`` for ``image_size``), from ``TrainConfig``:
-    its default, its help; the trainer checks the value."""
+    its default, its help; the trainer checks the value. ``--backend`` defaults to
+    $KERAS_BACKEND where that is set, as Keras itself would choose."""
     for key, item in train_keys().items():
         flag = f"--{key.replace('_', '-')}"
-        help_text = f"{item.metadata['help']} (default {json.dumps(item.default)})."
-        if isinstance(item.default, bool):
+        default = (
+            os.environ.get("KERAS_BACKEND", item.default) if key == "backend" else item.default
+        )
+        help_text = f"{item.metadata['help']} (default {json.dumps(default)})."
+        if isinstance(default, bool):
             parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=item.default, help=help_text
+                flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
             )
-        elif isinstance(item.default, int):
-            parser.add_argument(flag, type=int, default=item.default, help=help_text)
+        elif isinstance(default, int):
+            parser.add_argument(flag, type=int, default=default, help=help_text)
         else:
-            parser.add_argument(flag, type=_text_or_boolean, default=item.default, help=help_text)
+            parser.add_argument(flag, type=_text_or_boolean, default=default, help=help_text)
 
 
 def train_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -68,7 +73,8 @@ def _text_or_boolean(text: str) -> str | bool:
 def _train(args: argparse.Namespace) -> int:
     from trainer._train import use_deterministic_xla
 
-    # Read by JAX when it first starts, so it goes in before anything touches a device.
+    # Both are read once, before Keras loads (the backend) and JAX starts (the XLA flag).
+    os.environ["KERAS_BACKEND"] = str(args.backend)
     use_deterministic_xla()
 
     from trainer._train import train_cell
@@ -118,6 +124,7 @@ def format_result(result: CellResult) -> str:
         lines.append(f"  {name:<12}{shown}")
     lines.append(
         f"  {'confusion':<12}TN {test['tn']}  FP {test['fp']}  FN {test['fn']}  TP {test['tp']}"
+        + ("  (collapsed: one class predicted for every image)" if test["collapsed"] else "")
     )
     lines.append(f"files in {config.out_dir}: result.json predictions.csv history.csv checkpoint")
     return "\n".join(lines)

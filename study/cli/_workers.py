@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 from storage import check_sqlite_local
 from study.cli._common import (
-    BACKENDS,
     STORAGE_ENV,
     absolute,
     data_folder,
@@ -22,6 +21,7 @@ from study.cli._common import (
 )
 from study.cli._create import create_study, spec_of, spec_options
 from trainer import InputError
+from trainer._config import BACKENDS
 
 if TYPE_CHECKING:
     import optuna
@@ -79,8 +79,35 @@ def _location_options() -> argparse.ArgumentParser:
 
 def _add_backend(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--backend", choices=BACKENDS, help="Keras backend of the workers (KERAS_BACKEND)."
+        "--backend",
+        choices=BACKENDS,
+        help="The study's Keras backend, train.backend: sets it for a new study (as --set "
+        "train.backend=NAME), must equal it for an existing one. Workers run under it.",
     )
+
+
+def _study_backend(spec: StudySpec, given: str | None) -> str:
+    """The study's backend (``train.backend``), which its workers run under.
+
+    An explicit ``--backend`` that differs is refused; an inherited ``KERAS_BACKEND`` (a shell
+    default, or a container image's) is overruled with a warning, since the study decides.
+    """
+    backend = spec.train.backend
+    if given and given != backend:
+        raise InputError(
+            f"--backend {given} conflicts with train.backend = {backend!r} of study "
+            f"{spec.study.name!r}; leave --backend out (workers run the study's backend), or "
+            f"create another study with --set train.backend={given}"
+        )
+    inherited = os.environ.get("KERAS_BACKEND")
+    if inherited and inherited != backend:
+        _logger.warning(
+            "KERAS_BACKEND=%s is overruled: study %r runs under train.backend = %r",
+            inherited,
+            spec.study.name,
+            backend,
+        )
+    return backend
 
 
 def _slot_options() -> argparse.ArgumentParser:
@@ -112,8 +139,6 @@ def _worker(args: argparse.Namespace) -> int:
     follow_launcher()
     url = storage_url(args.storage)
     check_sqlite_local(url)
-    if args.backend:
-        os.environ["KERAS_BACKEND"] = args.backend  # before anything imports Keras
     quiet_optuna()
     from storage import open_storage
     from study.grid import (
@@ -130,7 +155,9 @@ def _worker(args: argparse.Namespace) -> int:
         cache_dir=absolute(args.cache_dir),
         artifacts=absolute(args.artifacts),
     )
-    if spec.train.deterministic and os.environ.get("KERAS_BACKEND") == "jax":
+    backend = _study_backend(spec, args.backend)
+    os.environ["KERAS_BACKEND"] = backend  # before anything imports Keras (nothing has yet)
+    if spec.train.deterministic and backend == "jax":
         from trainer._train import use_deterministic_xla
 
         use_deterministic_xla()  # JAX reads it once, at its first use
@@ -184,6 +211,8 @@ def _launch(args: argparse.Namespace) -> int:
     url = storage_url(args.storage)
     check_sqlite_local(url)
     study = load_grid_study(open_storage(url, existing=True), args.study)
+    spec = spec_from_study(study, url)
+    _study_backend(spec, args.backend)
     slots = plan_slots(gpus=args.gpus, workers=args.workers, per_gpu=args.per_gpu)
     if args.dry_run:
         from study.launch import plan_lines
@@ -193,7 +222,7 @@ def _launch(args: argparse.Namespace) -> int:
         return 0
     if _all_complete(study):
         return _finish(study, None)
-    _fetch_imagenet(spec_from_study(study, url))
+    _fetch_imagenet(spec)
     locations = {
         "--data": data_folder(args.data),
         "--cache-dir": args.cache_dir,
@@ -208,7 +237,10 @@ def _run(args: argparse.Namespace) -> int:
     from study.launch import plan_slots
     from study.spec import QUICK_NOTE
 
+    if args.backend:
+        args.overrides.append(f"train.backend={args.backend}")
     spec = spec_of(args)
+    _study_backend(spec, args.backend)
     check_sqlite_local(spec.study.storage)
     slots = plan_slots(gpus=args.gpus, workers=args.workers, per_gpu=args.per_gpu)
     _fetch_imagenet(spec)
@@ -315,9 +347,14 @@ def _worker_host() -> str:
 
 
 def _finish(study: optuna.Study, summary: LaunchSummary | None) -> int:
-    """Print the grid and the summary; 0 when every cell is complete."""
-    from study.grid import cell_states
-    from study.results import status_table, summary_table
+    """Print the grid and the summary; 0 when every cell is complete, else 1 and why."""
+    from storage import rdb_backend
+    from study.cli._lifecycle import command_line, shown_url
+    from study.grid import cell_states, load_grid_study
+    from study.results import failure_lines, status_table, summary_table
+
+    # Read afresh, past Optuna's cache of finished trials: `lrstudy extend` may have run.
+    study = load_grid_study(rdb_backend(study._storage) or study._storage, study.study_name)
 
     print(status_table(study))
     states = cell_states(study)
@@ -333,4 +370,23 @@ def _finish(study: optuna.Study, summary: LaunchSummary | None) -> int:
             name = signal.Signals(summary.interrupted_by).name
             print(f"interrupted by {name}: run the same command again to finish the grid")
             return 128 + summary.interrupted_by
-    return 0 if all(state.state == "complete" for state in states) else 1
+    unfinished = [state for state in states if state.state != "complete"]
+    if not unfinished:
+        return 0
+    failures = failure_lines(study)
+    for line in failures:
+        print(f"lrstudy: {line}", file=sys.stderr)
+    if failures:
+        retry = command_line("retry", study.study_name, shown_url(study))
+        print(
+            f"lrstudy: fix the cause (`lrstudy status` shows where each traceback is), then "
+            f"`{retry}` and run this command again",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"lrstudy: {len(unfinished)} cell(s) did not finish (the workers stopped early, see "
+            "their log above); run this command again",
+            file=sys.stderr,
+        )
+    return 1

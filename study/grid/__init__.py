@@ -1,11 +1,12 @@
 """Exactly-once scheduling of a study's grid: the only code that writes trial states.
 
 Cells are created as WAITING trials and claimed by compare-and-set; failed cells are re-queued
-within the study's retry budget; the trial-attribute schema (``_attrs``) is owned here and read
-by everyone else through ``read_trial``.
+within the study's retry budget, and by hand after it (``retry_cells``); a grid grows in place
+(``extend_grid``); the trial-attribute schema (``_attrs``) is owned here and read by everyone
+else through ``read_trial``.
 """
 
-from study.grid._artifacts import ARTIFACT_FOLDER, artifact_store, upload_cell_files
+from study.grid._artifacts import ARTIFACT_FOLDER, artifact_store, study_folder, upload_cell_files
 from study.grid._attrs import (
     DEFAULT_MAX_RETRIES,
     INTERRUPTED,
@@ -13,6 +14,7 @@ from study.grid._attrs import (
     read_trial,
     retries_used,
     retry_budget,
+    study_uid,
 )
 from study.grid._grid import (
     CellState,
@@ -22,6 +24,7 @@ from study.grid._grid import (
     grid_of,
     load_grid_study,
 )
+from study.grid._lifecycle import Retried, extend_grid, failed_for_good, retry_cells
 from study.grid._objective import CellObjective, TrialFailed
 from study.grid._retry import RetryStaleCell, requeue_cell
 from study.grid._stored_spec import create_from_spec, spec_from_study
@@ -33,6 +36,7 @@ __all__ = [
     "INTERRUPTED",
     "CellObjective",
     "CellState",
+    "Retried",
     "RetryStaleCell",
     "TrialFailed",
     "TrialRecord",
@@ -42,13 +46,18 @@ __all__ = [
     "cell_states",
     "create_from_spec",
     "create_grid_study",
+    "extend_grid",
+    "failed_for_good",
     "grid_of",
     "load_grid_study",
     "read_trial",
     "requeue_cell",
     "retries_used",
     "retry_budget",
+    "retry_cells",
     "run_worker",
     "spec_from_study",
+    "study_folder",
+    "study_uid",
     "upload_cell_files",
 ]

@@ -1,10 +1,12 @@
-"""A study's artifact store: each trial's files, uploaded where optuna-dashboard finds them."""
+"""A study's folder of files and its artifact store, where optuna-dashboard finds them."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from study.grid import _attrs
 
 if TYPE_CHECKING:
     import optuna
@@ -13,19 +15,31 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 ARTIFACT_FOLDER = "dashboard-artifacts"
+TRACEBACK_PREFIX = "traceback-trial-"
+"""A failed trial's traceback file in its cell's folder is ``traceback-trial-<number>.txt``."""
 
 
-def artifact_store(artifacts: str | Path, study_name: str) -> ArtifactStore:
-    """The study's artifact store: ``<artifacts>/<study name>/dashboard-artifacts``.
+def study_folder(artifacts: str | Path, study_name: str, uid: str | None) -> Path:
+    """The folder of one study's files: ``<artifacts>/<study name>-<first 8 hex of its id>``.
 
-    It sits beside the cells' own folders, so machines that share the artifacts folder (as
-    they must, for resuming) share the store too.
+    The id (``_attrs.study_uid``) keeps a study made again under the same name (after its
+    database was deleted, say) from meeting the old one's checkpoints. Studies made before
+    studies had an id keep their folder ``<artifacts>/<study name>``.
+    """
+    return Path(artifacts) / (study_name if uid is None else f"{study_name}-{uid[:8]}")
+
+
+def artifact_store(folder: str | Path) -> ArtifactStore:
+    """The artifact store of the study whose folder (``study_folder``) is ``folder``.
+
+    It is ``<folder>/dashboard-artifacts``, beside the cells' own folders, so machines that
+    share the artifacts folder (as they must, for resuming) share the store too.
     """
     from optuna.artifacts import FileSystemArtifactStore
 
-    folder = Path(artifacts) / study_name / ARTIFACT_FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(str(folder))
+    store = Path(folder) / ARTIFACT_FOLDER
+    store.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(store))
 
 
 def upload_cell_files(trial: optuna.Trial, store: ArtifactStore, out_dir: str | Path) -> None:
@@ -40,3 +54,34 @@ def upload_cell_files(trial: optuna.Trial, store: ArtifactStore, out_dir: str | 
             upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
         else:
             _logger.warning("trial %d: no %s in %s to upload", trial.number, name, path.parent)
+
+
+def keep_traceback(
+    trial: optuna.Trial, store: ArtifactStore, out_dir: str | Path, text: str
+) -> Path | None:
+    """Write a failed trial's traceback into its cell's folder and attach it to the trial.
+
+    The file outlives the database row and the artifact shows in optuna-dashboard; the path is
+    recorded on the trial for ``lrstudy status``. Never raises: the full disk or the lost
+    database that failed the trial may fail this too, and the trial's own error must go on.
+
+    Returns:
+        The file, or None when it could not be written (logged).
+    """
+    from optuna.artifacts import upload_artifact
+
+    path = Path(out_dir) / f"{TRACEBACK_PREFIX}{trial.number}.txt"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as error:
+        _logger.warning(
+            "trial %d: cannot write its traceback to %s: %s", trial.number, path, error
+        )
+        return None
+    try:
+        _attrs.record_traceback_file(trial, str(path))
+        upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+    except Exception as error:  # whatever it is, the trial's own failure matters more
+        _logger.warning("trial %d: cannot attach its traceback %s: %s", trial.number, path, error)
+    return path

@@ -19,10 +19,12 @@ from optuna.trial import FrozenTrial
 from trainer import HISTORY_COLUMNS, TEST_METRICS
 
 # Study system attributes: the grid (axis -> values), whether every cell's trial exists, the
-# retry budget of a failing cell; study user attributes: the spec and its protocol fingerprint.
+# retry budget of a failing cell, the study's own id (a UUID no other study shares, which names
+# its artifacts folder); study user attributes: the spec and its protocol fingerprint.
 GRID = "grid"
 GRID_READY = "grid_ready"
 MAX_RETRIES = "max_retries"
+STUDY_UID = "study_uid"
 SPEC = "spec"
 SPEC_FINGERPRINT = "spec_fingerprint"
 
@@ -41,6 +43,7 @@ ERROR = "error"
 CELL = "cell"
 EPOCHS = "epochs"
 OUT_DIR = "out_dir"
+TRACEBACK_FILE = "traceback_file"
 HISTORY = "history"
 VAL_LOSS = "val_loss"
 _RESULT_KEYS = ("final", "best", "test", "diverged", "diverged_epoch", "epochs_run")
@@ -70,6 +73,7 @@ class TrialRecord:
     host: str | None
     error: str | None
     traceback: str | None
+    traceback_file: str | None
     cell: str | None
     epochs: int | None
     out_dir: str | None
@@ -99,6 +103,7 @@ def read_trial(trial: FrozenTrial) -> TrialRecord:
         host=user.get(HOST),
         error=user.get(ERROR),
         traceback=system.get(TRACEBACK),
+        traceback_file=user.get(TRACEBACK_FILE),
         cell=user.get(CELL),
         epochs=user.get(EPOCHS),
         out_dir=user.get(OUT_DIR),
@@ -137,6 +142,11 @@ def record_failure(storage: BaseStorage, trial_id: int, error: str, traceback: s
         storage.set_trial_system_attr(trial_id, TRACEBACK, traceback)
 
 
+def record_traceback_file(trial: optuna.Trial, path: str) -> None:
+    """Where the failed trial's traceback lies as a file (its cell's folder), for ``status``."""
+    trial.set_user_attr(TRACEBACK_FILE, path)
+
+
 def record_cell(trial: optuna.Trial, cell: str, epochs: int, out_dir: str) -> None:
     """Which cell the trial trains, for how long, and where its files go."""
     trial.set_user_attr(CELL, cell)
@@ -173,6 +183,12 @@ def record_result(
     test = result["test"] or {}
     for name in TEST_METRICS:
         trial.set_user_attr(f"test_{name}", test.get(name))
+
+
+def study_uid(study: optuna.Study) -> str | None:
+    """The study's own id; None for studies made before studies had one."""
+    uid = study._storage.get_study_system_attrs(study._study_id).get(STUDY_UID)
+    return None if uid is None else str(uid)
 
 
 DEFAULT_MAX_RETRIES = 2

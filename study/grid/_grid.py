@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -220,6 +221,8 @@ def _fill(
         )
     if system_attrs.get(_attrs.GRID_READY):
         return
+    if stored is None and _attrs.STUDY_UID not in system_attrs:
+        storage.set_study_system_attr(study_id, _attrs.STUDY_UID, str(uuid.uuid4()))
     storage.set_study_system_attr(study_id, _attrs.GRID, grid)
     if max_retries is not None:
         storage.set_study_system_attr(study_id, _attrs.MAX_RETRIES, max_retries)
@@ -238,7 +241,7 @@ def _fill(
             )
         )
     if missing and present - {None}:
-        _logger.info("study %r: added %d cells a creator left out", study.study_name, len(missing))
+        _logger.info("study %r: added %d missing cells", study.study_name, len(missing))
     storage.set_study_system_attr(study_id, _attrs.GRID_READY, True)
 
 
@@ -262,7 +265,31 @@ def _cells(grid: Mapping[str, Sequence[Any]]) -> list[tuple[dict[str, Any], int]
 
 
 def _sampler(grid: Mapping[str, Sequence[Any]]) -> optuna.samplers.GridSampler:
-    return optuna.samplers.GridSampler(dict(grid), seed=_SAMPLER_SEED)
+    return _CellSampler(dict(grid), seed=_SAMPLER_SEED)
+
+
+class _CellSampler(optuna.samplers.GridSampler):
+    """``GridSampler`` that serves a trial of a grown grid its cell too.
+
+    ``lrstudy extend`` renumbers the cells (grid ids index GridSampler's shuffle of the whole
+    grid) and rewrites every trial's ``grid_id`` and ``search_space``. A worker that loaded the
+    study before that would index its old grid with a new id; this sampler reads both
+    attributes of the trial in one snapshot and, when the trial's grid is not its own, takes the
+    cell from the trial's grid, so it serves the same values before and after the rewrite.
+    """
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: optuna.distributions.BaseDistribution,
+    ) -> Any:
+        system = dict(trial.system_attrs)  # one read of the storage: one consistent snapshot
+        space = system.get(_attrs.SEARCH_SPACE)
+        if space is None or _attrs.GRID_ID not in system or space == self._search_space:
+            return super().sample_independent(study, trial, param_name, param_distribution)
+        return cell_params(space, int(system[_attrs.GRID_ID]))[param_name]
 
 
 def _check_grid(grid: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import logging
 import math
+import traceback
 from typing import TYPE_CHECKING, Any
 
 from storage import call_reconnecting
 from study.grid import _attrs
-from study.grid._artifacts import artifact_store, upload_cell_files
+from study.grid._artifacts import artifact_store, keep_traceback, study_folder, upload_cell_files
 from study.spec import StudySpec, cell_config, cell_key
 from trainer import HISTORY_COLUMNS, json_safe
 
 if TYPE_CHECKING:
     import optuna
+    from optuna.artifacts.protocol import ArtifactStore
+
+    from trainer import CellConfig
 
 _logger = logging.getLogger(__name__)
 
@@ -33,6 +37,10 @@ class CellObjective:
     study's artifact store. Host and worker id are the worker's to record (``run_worker``), as
     it knows them also for a trial that fails before training starts.
 
+    The cell's files go to ``<study folder>/<cell key>`` (``study_folder``: named by the study's
+    id). A trial that raises leaves its traceback there as ``traceback-trial-<number>.txt``,
+    also uploaded as a trial artifact, before the error goes on to the worker.
+
     Note:
         A diverged cell is a result of its learning rate, not an error: the trial completes with
         ``diverged = true`` and returns the validation accuracy measured after divergence (NaN
@@ -49,15 +57,30 @@ class CellObjective:
         self.spec = spec
 
     def __call__(self, trial: optuna.Trial) -> float:
+        study = self.spec.study
+        # The trial's own grid: after `lrstudy extend` it holds values this spec may not know.
+        system = trial.storage.get_trial_system_attrs(trial._trial_id)
+        grid = system.get(_attrs.SEARCH_SPACE) or self.spec.grid
+        params = {
+            axis: trial.suggest_categorical(axis, list(grid[axis])) for axis in self.spec.grid
+        }
+        folder = study_folder(study.artifacts, study.name, _attrs.study_uid(trial.study))
+        config = cell_config(self.spec, params, folder=folder)
+        store = artifact_store(folder)
+        key = cell_key(params)
+        try:
+            return self._train(trial, key, config, store)
+        except Exception:
+            header = f"study {study.name}, trial {trial.number}, cell {key}\n\n"
+            keep_traceback(trial, store, config.out_dir, header + traceback.format_exc())
+            raise
+
+    def _train(
+        self, trial: optuna.Trial, key: str, config: CellConfig, store: ArtifactStore
+    ) -> float:
         from trainer._train import train_cell
 
         study = self.spec.study
-        params = {
-            axis: trial.suggest_categorical(axis, list(values))
-            for axis, values in self.spec.grid.items()
-        }
-        config = cell_config(self.spec, params)
-        key = cell_key(params)
         _attrs.record_cell(trial, key, config.epochs, config.out_dir)
         _logger.info("trial %d, cell %s: training into %s", trial.number, key, config.out_dir)
 
@@ -88,7 +111,7 @@ class CellObjective:
             ),
             what=f"recording the result of trial {trial.number}",
         )
-        upload_cell_files(trial, artifact_store(study.artifacts, study.name), config.out_dir)
+        upload_cell_files(trial, store, config.out_dir)
         value = (result.final if study.reduce == "last" else result.best)[study.objective]
         if not math.isfinite(value):
             raise TrialFailed(

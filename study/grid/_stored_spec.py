@@ -11,6 +11,7 @@ from study.grid import _attrs
 from study.grid._grid import create_grid_study, load_grid_study
 from study.spec import StudySpec, protocol_differences, spec_from_mapping
 from trainer import InputError
+from trainer._config import KEYS_ADDED_LATER
 
 
 def create_from_spec(storage: BaseStorage, spec: StudySpec) -> tuple[optuna.Study, bool]:
@@ -42,18 +43,25 @@ def create_from_spec(storage: BaseStorage, spec: StudySpec) -> tuple[optuna.Stud
         )
     else:
         study = existing
-    # Also when we just created it: a concurrent creator with another spec may have won.
+    # Also when we just created it: a concurrent creator with another spec may have won. A spec
+    # stored before some keys existed has another fingerprint but, filled in, no difference.
     if study.user_attrs.get(_attrs.SPEC_FINGERPRINT) != spec.fingerprint():
         differences = protocol_differences(spec_from_study(study, spec.study.storage), spec)
-        raise InputError(
-            f"study {name!r} already exists with another protocol: {'; '.join(differences)}. "
-            "Fix: use the stored values, or a new name with --set study.name=NEW."
-        )
+        if differences:
+            raise InputError(
+                f"study {name!r} already exists with another protocol: "
+                f"{'; '.join(differences)}. "
+                "Fix: use the stored values, or a new name with --set study.name=NEW."
+            )
     return study, existing is None
 
 
 def spec_from_study(study: optuna.Study, storage_url: str) -> StudySpec:
-    """The spec stored in a study by ``create_from_spec``, with ``storage_url`` filled in."""
+    """The spec stored in a study by ``create_from_spec``, with ``storage_url`` filled in.
+
+    A key that did not exist when the study was made takes the value that reproduces what the
+    study ran then (``trainer._config.KEYS_ADDED_LATER``).
+    """
     raw = study.user_attrs.get(_attrs.SPEC)
     if not isinstance(raw, dict):
         raise InputError(
@@ -62,4 +70,6 @@ def spec_from_study(study: optuna.Study, storage_url: str) -> StudySpec:
         )
     raw = copy.deepcopy(raw)
     raw["study"]["storage"] = storage_url
+    for section, defaults in KEYS_ADDED_LATER.items():
+        raw[section] = {**defaults, **raw.get(section, {})}
     return spec_from_mapping(raw, source=f"study {study.study_name}")

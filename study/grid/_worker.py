@@ -17,16 +17,18 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from types import FrameType
+from typing import Any
 
 import optuna
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
-from storage import call_reconnecting, is_connection_error
+from storage import call_reconnecting, is_connection_error, rdb_backend
 from study.grid import _attrs
 from study.grid._attrs import INTERRUPTED, retry_budget
-from study.grid._grid import cell_params
+from study.grid._grid import cell_params, grid_of, load_grid_study
 from study.grid._heartbeat import heartbeat
 from study.grid._retry import requeue_cell
 from study.spec import cell_key
@@ -82,7 +84,8 @@ def run_worker(
         and SIGINT fail the running trial at once as ``interrupted``, re-queue it without
         spending a retry, and make this function return; elsewhere, set ``stop`` (the running
         trial then finishes first). With nothing waiting but cells running elsewhere, the
-        worker polls, since those may come back.
+        worker polls, since those may come back. A grid grown meanwhile (``extend_grid``) is
+        noticed before the next claim: the worker loads the study again and runs on.
 
     Args:
         study: A study made by ``create_grid_study`` or loaded by ``load_grid_study``.
@@ -109,12 +112,16 @@ def run_worker(
     host = socket.gethostname()
     claimer = _Claimer(study)
     max_retries = retry_budget(study)
+    grid = grid_of(study)
     with _signals_interrupt(stop) as inside:
         while not stop.is_set():
+            if call_reconnecting(partial(grid_of, study), what="reading the grid") != grid:
+                study, grid = _reloaded(study)
+                claimer = _Claimer(study)
             trial = call_reconnecting(claimer.claim, what="claiming a cell")
             if trial is None:
                 pending = call_reconnecting(
-                    lambda: _cells_pending(study, max_retries), what="polling"
+                    partial(_cells_pending, study, max_retries), what="polling"
                 )
                 if not pending:
                     break
@@ -132,6 +139,19 @@ def run_worker(
         ", interrupted" if report.interrupted else "",
     )
     return report
+
+
+def _reloaded(study: optuna.Study) -> tuple[optuna.Study, dict[str, list[Any]] | None]:
+    """The study loaded again, after ``lrstudy extend`` grew its grid.
+
+    Optuna's copy of a study caches finished trials and parameter distributions, both of which
+    the extension rewrote; a fresh copy reads them again.
+    """
+    fresh = load_grid_study(rdb_backend(study._storage) or study._storage, study.study_name)
+    grid = grid_of(fresh)
+    cells = math.prod(len(values) for values in (grid or {}).values())
+    _logger.info("study %r: its grid grew to %d cells; loaded it again", study.study_name, cells)
+    return fresh, grid
 
 
 class _Claimer:

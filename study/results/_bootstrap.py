@@ -5,14 +5,10 @@ independent: resampling images would treat them as more evidence than they are a
 intervals that are too narrow. Patients are therefore resampled with replacement, each drawn
 patient bringing all of their images, and the interval is the percentile interval.
 
-Metric conventions (``point_metrics``, used for the point estimate and every resample):
-PNEUMONIA (1) is predicted when p > 0.5, so a NaN probability counts as NORMAL, as Keras's
-accuracy counts it; precision without a PNEUMONIA prediction, recall without a PNEUMONIA label
-and specificity without a NORMAL label are 0, and F1 = 2TP / (2TP + FP + FN) is 0 when that
-denominator is 0 (scikit-learn's ``zero_division=0``). ROC AUC is the Mann-Whitney rank AUC
-(ties 1/2, NaN ranks lowest), so a constant predictor has AUC 0.5; it is NaN when the labels
-hold one class, and such resamples are left out of the AUC interval. The Brier score counts a
-NaN probability as 0.
+The metrics are the trainer's own (``trainer._metrics.point_metrics``, whose docstring states
+the conventions), for the point estimate and every resample: the intervals are of the very
+numbers a cell reports. ROC AUC is NaN when a resample's labels hold one class; such resamples
+are left out of the AUC interval.
 """
 
 from __future__ import annotations
@@ -22,12 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from study.results._calibration import probabilities_as_normal
-from study.results._delong import binary_inputs, roc_auc
+from study.results._delong import binary_inputs
+from trainer._metrics import THRESHOLD as THRESHOLD  # the reviewer's tables read it here
+from trainer._metrics import point_metrics
 
 RESAMPLES = 2000
 CONFIDENCE = 0.95
-THRESHOLD = 0.5
 
 Metric = Callable[[np.ndarray, np.ndarray], Mapping[str, float]]
 
@@ -45,32 +41,6 @@ class Interval:
     low: float | None
     high: float | None
     resamples: int
-
-
-def point_metrics(
-    labels: Sequence[int] | np.ndarray, probabilities: Sequence[float] | np.ndarray
-) -> dict[str, float]:
-    """Accuracy, precision, recall, specificity, F1, ROC AUC and Brier score, by one definition.
-
-    Args:
-        labels: 0 = NORMAL, 1 = PNEUMONIA.
-        probabilities: Predicted probability of PNEUMONIA per image; NaN counts as NORMAL.
-    """
-    y, p = binary_inputs(labels, probabilities)
-    predicted = p > THRESHOLD
-    tp = int((predicted & y).sum())
-    fp = int((predicted & ~y).sum())
-    fn = int((~predicted & y).sum())
-    tn = y.size - tp - fp - fn
-    return {
-        "accuracy": (tp + tn) / y.size,
-        "precision": _ratio(tp, tp + fp),
-        "recall": _ratio(tp, tp + fn),
-        "specificity": _ratio(tn, tn + fp),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "roc_auc": roc_auc(y, p),
-        "brier": float(np.mean((probabilities_as_normal(p) - y) ** 2)),
-    }
 
 
 def patient_resamples(
@@ -146,8 +116,3 @@ def bootstrap_intervals(
             resamples=int(defined.size),
         )
     return intervals
-
-
-def _ratio(numerator: int, denominator: int) -> float:
-    """numerator / denominator, 0 when the denominator is 0 (scikit-learn's zero_division=0)."""
-    return numerator / denominator if denominator else 0.0

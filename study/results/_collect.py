@@ -2,12 +2,13 @@
 
 Everything is read from the study as stock Optuna stores it (trials, their attributes through
 ``read_trial``, the grid), so a study that is still running, or has failed cells, yields what
-is complete and names the cells that are not.
+is complete and names the cells that are not. With a ``Review`` it also reads each trial's
+prediction files (from the study's artifact store) for the statistics that need every image.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from study.grid import TrialRecord, _attrs, cell_states, read_trial
@@ -17,29 +18,49 @@ from trainer import TEST_METRICS
 if TYPE_CHECKING:
     import optuna
 
-    from study.results._stats import Comparison, Summary
+    from study.results._predictions import TrialPredictions
+    from study.results._reviewer import Review
+    from study.results._stats import PairedTest, Ranking, Summary
+
+# Tested over seeds for every pair of groups, and ranked in the sentences: (name, title, higher
+# is better).
+PAIRED_METRICS = (
+    ("val_accuracy", "validation accuracy", True),
+    ("val_loss", "validation loss", False),
+    ("test_roc_auc", "test ROC AUC", True),
+)
 
 
 @dataclass(frozen=True)
 class Group:
     """The complete cells of one learning rate (and any other non-seed axes) over seeds.
 
-    ``per_seed`` maps a metric (``val_accuracy``, ``val_loss``) to seed -> value, the value
-    the study's objective uses (last or best epoch); None where the cell is not complete.
-    ``summaries`` holds ``val_accuracy``, ``val_loss`` and ``test_<metric>`` over seeds.
+    ``per_seed`` maps a metric (``val_accuracy``, ``val_loss``, ``test_roc_auc``) to seed ->
+    value, validation values of the epoch the study's objective uses (last or best); None where
+    the cell is not complete. ``summaries`` holds ``val_accuracy``, ``val_loss`` and
+    ``test_<metric>`` over the complete seeds; ``trials`` are the complete cells' trials, run
+    with ``seeds``. ``diverged`` and ``collapsed`` (test predictions all one class) list seeds.
     """
 
     label: str
     params: dict[str, Any]
     trials: list[int]
+    seeds: list[Any]
     per_seed: dict[str, dict[Any, float | None]]
     summaries: dict[str, Summary]
     diverged: list[Any]
+    collapsed: list[Any]
 
 
 @dataclass(frozen=True)
 class StudyResults:
-    """Everything an export holds; ``comparisons`` maps a summary name to its sentence data."""
+    """Everything an export holds.
+
+    ``rankings`` maps a metric of ``PAIRED_METRICS`` to what its paired tests support;
+    ``paired`` holds every paired test (over seeds, and with a review per seed on the test
+    images). ``review`` and ``predictions`` are set when the prediction files were read;
+    ``notes`` say what they lacked.
+    """
 
     study: str
     metric: str
@@ -51,17 +72,21 @@ class StudyResults:
     missing: list[dict[str, Any]]
     trials: list[dict[str, Any]]
     groups: list[Group]
-    comparisons: dict[str, Comparison | None]
+    rankings: dict[str, Ranking | None]
+    paired: list[PairedTest]
+    review: Review | None = None
+    predictions: dict[int, TrialPredictions] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> int:
         return self.cells - len(self.missing)
 
     def headline(self) -> str:
-        """The plain sentence on the objective: which rate leads and whether that is real."""
-        comparison = self.comparisons.get("val_accuracy")
-        if comparison is not None:
-            return comparison.sentence
+        """The plain sentence on the objective: which rate leads and what the tests support."""
+        ranking = self.rankings.get("val_accuracy")
+        if ranking is not None:
+            return ranking.sentence
         return "Fewer than two learning rates have a validation accuracy yet; nothing to compare."
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,9 +100,12 @@ class StudyResults:
             "complete": self.complete,
             "missing": self.missing,
             "headline": self.headline(),
-            "comparisons": {
-                name: None if c is None else c.to_dict() for name, c in self.comparisons.items()
+            "statistics": None if self.review is None else _statistics(self.review),
+            "rankings": {
+                name: None if r is None else r.to_dict() for name, r in self.rankings.items()
             },
+            "paired": [test.to_dict() for test in self.paired],
+            "notes": self.notes,
             "groups": [
                 {
                     "label": g.label,
@@ -89,6 +117,7 @@ class StudyResults:
                     },
                     "summaries": {name: s.to_dict() for name, s in g.summaries.items()},
                     "diverged_seeds": g.diverged,
+                    "collapsed_seeds": g.collapsed,
                 }
                 for g in self.groups
             ],
@@ -96,10 +125,16 @@ class StudyResults:
         }
 
 
-def collect(study: optuna.Study) -> StudyResults:
+def collect(study: optuna.Study, review: Review | None = None) -> StudyResults:
     """Read ``study`` (made by ``create_grid_study``) into per-trial records and per-rate tables.
 
     Only the COMPLETE trial of each cell enters the tables; every trial, of any state, is a row.
+
+    Args:
+        study: The grid study.
+        review: How to compute the statistics that need the prediction files (patient
+            bootstrap, Brier, Youden, DeLong, McNemar). Defaults to `None`: none of them, so
+            that ``status`` and the dashboard refresh stay quick.
     """
     states = cell_states(study)
     spec = study.user_attrs.get(_attrs.SPEC)
@@ -135,6 +170,12 @@ def collect(study: optuna.Study) -> StudyResults:
         _group(dict(zip(group_axes, key, strict=True)), cells, reduce)
         for key, cells in members.items()
     ]
+    paired = _paired_over_seeds(groups)
+    predictions: dict[int, TrialPredictions] = {}
+    notes: list[str] = []
+    if review is not None:
+        predictions, per_seed, notes = _reviewed(study, review, spec, records, groups)
+        paired += per_seed
     return StudyResults(
         study=study.study_name,
         metric=metric,
@@ -146,7 +187,11 @@ def collect(study: optuna.Study) -> StudyResults:
         missing=missing,
         trials=trials,
         groups=groups,
-        comparisons=_comparisons(groups),
+        rankings=_rankings(groups, paired),
+        paired=paired,
+        review=review,
+        predictions=predictions,
+        notes=notes,
     )
 
 
@@ -162,6 +207,8 @@ def flat_metrics(record: TrialRecord) -> dict[str, Any]:
         "val_loss_best": best.get("val_loss"),
         "best_epoch": best.get("epoch"),
         **{f"test_{name}": test.get(name) for name in TEST_METRICS},
+        "test_brier": test.get("brier"),
+        "collapsed": _collapsed(record.test),
     }
 
 
@@ -203,44 +250,125 @@ def _group(
     params: dict[str, Any], cells: list[tuple[Any, dict[str, Any] | None]], reduce: str
 ) -> Group:
     suffix = "_last" if reduce == "last" else "_best"
-    per_seed: dict[str, dict[Any, float | None]] = {"val_accuracy": {}, "val_loss": {}}
+    columns = {"val_accuracy": "val_accuracy" + suffix, "val_loss": "val_loss" + suffix}
+    columns["test_roc_auc"] = "test_roc_auc"
+    per_seed: dict[str, dict[Any, float | None]] = {metric: {} for metric in columns}
     for seed, record in cells:
-        for metric in per_seed:
-            per_seed[metric][seed] = None if record is None else record[metric + suffix]
-    complete = [record for _, record in cells if record is not None]
+        for metric, column in columns.items():
+            per_seed[metric][seed] = None if record is None else record[column]
+    complete = [(seed, record) for seed, record in cells if record is not None]
+    diverged = [bool(record["diverged"]) for _, record in complete]
     summaries = {
-        metric: _summary([record[metric + suffix] for record in complete]) for metric in per_seed
+        metric: _summary([record[columns[metric]] for _, record in complete], diverged)
+        for metric in ("val_accuracy", "val_loss")
     }
     for name in TEST_METRICS:
-        summaries[f"test_{name}"] = _summary([record[f"test_{name}"] for record in complete])
+        summaries[f"test_{name}"] = _summary(
+            [record[f"test_{name}"] for _, record in complete], diverged
+        )
     return Group(
         label=", ".join(
             f"{axis.replace('_', ' ')} {format_value(v)}" for axis, v in params.items()
         ),
         params=params,
-        trials=[record["trial"] for record in complete],
+        trials=[record["trial"] for _, record in complete],
+        seeds=[seed for seed, _ in complete],
         per_seed=per_seed,
         summaries=summaries,
-        diverged=[seed for seed, record in cells if record is not None and record["diverged"]],
+        diverged=[seed for seed, record in complete if record["diverged"]],
+        collapsed=[seed for seed, record in complete if record["collapsed"]],
     )
 
 
-def _summary(values: list[Any]) -> Summary:
+def _summary(values: list[Any], diverged: list[bool]) -> Summary:
     from study.results._stats import summarize  # SciPy takes a second: `lrstudy status` needs none
 
-    return summarize([v if isinstance(v, (int, float)) else None for v in values])
+    return summarize([v if isinstance(v, (int, float)) else None for v in values], diverged)
 
 
-def _comparisons(groups: list[Group]) -> dict[str, Comparison | None]:
-    from study.results._stats import compare
+def _collapsed(test: dict[str, Any] | None) -> bool | None:
+    """Whether the tested network predicted one class for every test image; None untested."""
+    if not test:
+        return None
+    if "collapsed" in test:
+        return bool(test["collapsed"])
+    # Recorded before the trainer said so: read it from the confusion counts.
+    return test["tp"] + test["fp"] == 0 or test["tn"] + test["fn"] == 0
 
-    def over(metric: str) -> dict[str, Summary]:
-        return {group.label: group.summaries[metric] for group in groups}
+
+def _paired_over_seeds(groups: list[Group]) -> list[PairedTest]:
+    from study.results._stats import paired_over_seeds
+
+    return [
+        test
+        for metric, _, _ in PAIRED_METRICS
+        for test in paired_over_seeds({g.label: g.per_seed[metric] for g in groups}, metric)
+    ]
+
+
+def _rankings(groups: list[Group], paired: list[PairedTest]) -> dict[str, Ranking | None]:
+    from study.results._stats import PAIRED_T, rank
 
     return {
-        "val_accuracy": compare(over("val_accuracy"), "validation accuracy"),
-        "val_loss": compare(over("val_loss"), "validation loss", higher_is_better=False),
-        "test_accuracy": compare(over("test_accuracy"), "test accuracy"),
+        metric: rank(
+            {group.label: group.summaries[metric] for group in groups},
+            [t for t in paired if t.metric == metric and t.test == PAIRED_T],
+            title,
+            higher_is_better=higher,
+        )
+        for metric, title, higher in PAIRED_METRICS
+    }
+
+
+def _reviewed(
+    study: optuna.Study,
+    review: Review,
+    spec: Any,
+    records: dict[int, dict[str, Any]],
+    groups: list[Group],
+) -> tuple[dict[int, TrialPredictions], list[PairedTest], list[str]]:
+    """Read the complete trials' predictions; add each one's statistics to its test record.
+
+    Returns the predictions, the per-seed tests on the test images, and notes on what lacked.
+    """
+    from study.results._predictions import VAL_PREDICTIONS_FILE, load_predictions
+    from study.results._reviewer import patient_of, per_seed_tests, trial_statistics
+
+    complete = [records[number] for group in groups for number in group.trials]
+    predictions, notes = load_predictions(study, complete, review.artifacts)
+    patient = patient_of(spec)
+    for record in complete:
+        loaded = predictions[record["trial"]]
+        if loaded.test is not None:
+            added = trial_statistics(loaded.test, loaded.val, patient, review)
+            record["test"] = {**(record["test"] or {}), **added}
+            record["test_brier"] = added["brier"]
+    tested = [loaded for loaded in predictions.values() if loaded.test is not None]
+    without = sum(loaded.val is None for loaded in tested)
+    if without:
+        notes.append(
+            f"Youden's threshold is not reported for {without} of {len(tested)} trials: no "
+            f"{VAL_PREDICTIONS_FILE} (path,label,probability of each validation image, beside "
+            "predictions.csv) was found for them; their metrics use the threshold 0.5 only"
+        )
+    trials = [(group.label, dict(zip(group.seeds, group.trials, strict=True))) for group in groups]
+    return predictions, per_seed_tests(trials, predictions), notes
+
+
+def _statistics(review: Review) -> dict[str, Any]:
+    """How the per-image statistics were computed, so that a reader can reproduce them."""
+    from study.results._bootstrap import CONFIDENCE, THRESHOLD
+    from study.results._paired import ALPHA, POWER
+
+    return {
+        "bootstrap": "patients",
+        "resamples": review.resamples,
+        "seed": review.seed,
+        "confidence": CONFIDENCE,
+        "threshold": THRESHOLD,
+        "alpha": ALPHA,
+        "power": POWER,
+        "holm": "within each metric, test and seed",
     }
 
 

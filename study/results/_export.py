@@ -24,8 +24,10 @@ _TRAILING = (
     "val_loss_best",
     "best_epoch",
     *(f"test_{name}" for name in TEST_METRICS),
+    "test_brier",
     "epochs_run",
     "diverged",
+    "collapsed",
     "duration_s",
     "worker_id",
     "host",
@@ -62,8 +64,9 @@ def trial_columns(axes: list[str]) -> list[str]:
 def write_export(results: StudyResults, out_dir: str | Path) -> tuple[list[Path], list[str]]:
     """Write ``trials.csv``, ``summary.json``, ``summary.md`` and the PNG figures.
 
-    Returns the written files and notes on what a figure had to leave out (e.g. a missing
-    predictions file).
+    The ROC and reliability figures need ``results`` collected with a ``Review`` (which reads
+    the prediction files). Returns the written files and notes on what a figure had to leave
+    out (e.g. a trial whose predictions are NaN).
     """
     out = Path(out_dir)
     try:

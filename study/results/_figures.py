@@ -1,27 +1,31 @@
-"""The export's PNG figures: the paper's Fig. 2 (per-epoch curves) and ROC curves per rate.
+"""The export's PNG figures: the paper's Fig. 2 (per-epoch curves), and per rate the test ROC
+curves and the reliability diagram.
 
 Matplotlib runs on the Agg backend, so figures are drawn on machines without a display.
 """
 
 from __future__ import annotations
 
-import csv
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from study.results._calibration import brier_score, reliability_bins
 from study.results._stats import per_epoch
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
     from study.results._collect import Group, StudyResults
+    from study.results._predictions import Predictions
 
 EPOCH_FIGURES = {
     "val_accuracy": ("val_accuracy.png", "Validation accuracy"),
     "val_loss": ("val_loss.png", "Validation loss"),
 }
 ROC_FIGURE = "roc.png"
+RELIABILITY_FIGURE = "reliability.png"
 _DPI = 120
 
 
@@ -38,10 +42,16 @@ def write_figures(results: StudyResults, out: Path) -> tuple[list[Path], list[st
             written.append(out / name)
         else:
             notes.append(f"{name} not drawn: no complete trial has a {metric} history yet")
-    roc_notes, drawn = _roc_figure(results, records, out / ROC_FIGURE)
-    notes += roc_notes
-    if drawn:
-        written.append(out / ROC_FIGURE)
+    if results.review is None:
+        notes.append(
+            f"{ROC_FIGURE} and {RELIABILITY_FIGURE} not drawn: the prediction files were not read"
+        )
+        return written, notes
+    for name, draw in ((ROC_FIGURE, _roc_figure), (RELIABILITY_FIGURE, _reliability_figure)):
+        figure_notes, drawn = draw(results, out / name)
+        notes += figure_notes
+        if drawn:
+            written.append(out / name)
     return written, notes
 
 
@@ -91,9 +101,7 @@ def _epoch_figure(
     return drawn
 
 
-def _roc_figure(
-    results: StudyResults, records: dict[int, dict[str, Any]], path: Path
-) -> tuple[list[str], bool]:
+def _roc_figure(results: StudyResults, path: Path) -> tuple[list[str], bool]:
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -105,16 +113,22 @@ def _roc_figure(
         1, len(groups), figsize=(3.6 * len(groups), 3.8), squeeze=False, sharey=True
     )
     drawn = False
+    records = {record["trial"]: record for record in results.trials}
     for group, axes in zip(groups, panels[0], strict=True):
-        for number in group.trials:
-            record = records[number]
-            loaded = _predictions(record, notes)
-            if loaded is None:
+        for number, seed in zip(group.trials, group.seeds, strict=True):
+            test = _test_predictions(results, number)
+            if test is None:
+                continue  # the loader has said why
+            where = f"trial {number} ({records[number]['cell']})"
+            if np.isnan(test.probabilities).any():
+                notes.append(f"{where}: predictions hold NaN (diverged); no ROC curve")
                 continue
-            labels, scores = loaded
-            fpr, tpr, _ = roc_curve(labels, scores)
-            auc = roc_auc_score(labels, scores)
-            axes.plot(fpr, tpr, label=f"seed {record['seed']} (AUC {auc:.3f})")
+            if len(set(test.labels.tolist())) < 2:
+                notes.append(f"{where}: predictions hold one class only; no ROC curve")
+                continue
+            fpr, tpr, _ = roc_curve(test.labels, test.probabilities)
+            auc = roc_auc_score(test.labels, test.probabilities)
+            axes.plot(fpr, tpr, label=f"seed {seed} (AUC {auc:.3f})")
             drawn = True
         _roc_axes(axes, group.label)
     if drawn:
@@ -127,31 +141,66 @@ def _roc_figure(
     return notes, drawn
 
 
-def _predictions(record: dict[str, Any], notes: list[str]) -> tuple[list[int], list[float]] | None:
-    """Labels and probabilities of a trial's predictions CSV, or None with a note saying why."""
-    where = f"trial {record['trial']} ({record['cell']})"
-    path = record.get("predictions_path")
-    if not path:
-        notes.append(f"{where}: no predictions file recorded; left out of the ROC curves")
-        return None
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-        labels = [int(row["label"]) for row in rows]
-        scores = [float(row["probability"]) for row in rows]
-    except FileNotFoundError:
-        notes.append(f"{where}: predictions file {path} not found; left out of the ROC curves")
-        return None
-    except (KeyError, ValueError, TypeError) as error:
-        notes.append(f"{where}: predictions file {path} is not path,label,probability ({error})")
-        return None
-    if not all(math.isfinite(p) for p in scores):
-        notes.append(f"{where}: predictions hold NaN (diverged); no ROC curve")
-        return None
-    if len(set(labels)) < 2:
-        notes.append(f"{where}: predictions hold one class only; no ROC curve")
-        return None
-    return labels, scores
+def _reliability_figure(results: StudyResults, path: Path) -> tuple[list[str], bool]:
+    """Observed PNEUMONIA share against mean predicted probability, test images of all seeds."""
+    import matplotlib.pyplot as plt
+
+    pooled = []
+    for group in results.groups:
+        parts = [_test_predictions(results, number) for number in group.trials]
+        kept = [part for part in parts if part is not None]
+        if kept:
+            labels = np.concatenate([part.labels for part in kept])
+            probabilities = np.concatenate([part.probabilities for part in kept])
+            pooled.append((group, len(kept), labels, probabilities))
+    if not pooled:
+        return [f"{RELIABILITY_FIGURE} not drawn: no trial has usable predictions"], False
+    figure, panels = plt.subplots(
+        1, len(pooled), figsize=(3.6 * len(pooled), 3.8), squeeze=False, sharey=True
+    )
+    for (group, seeds, labels, probabilities), axes in zip(pooled, panels[0], strict=True):
+        filled = [b for b in reliability_bins(labels, probabilities) if b.count]
+        axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        axes.plot(
+            [b.mean_predicted for b in filled],
+            [b.observed_frequency for b in filled],
+            marker="o",
+            markersize=4,
+        )
+        counts = axes.twinx()
+        counts.bar(
+            [(b.low + b.high) / 2 for b in filled],
+            [b.count for b in filled],
+            width=0.09,
+            color="grey",
+            alpha=0.25,
+        )
+        counts.set_yticks([])
+        axes.set_zorder(counts.get_zorder() + 1)  # the curve over the bars
+        axes.patch.set_visible(False)
+        brier = brier_score(labels, probabilities)
+        axes.set(
+            xlabel="mean predicted probability",
+            title=f"{group.label}\nBrier {brier:.3f} ({seeds} seed{'s' * (seeds != 1)} pooled)",
+            xlim=(0, 1),
+            ylim=(0, 1.01),
+        )
+        axes.title.set_fontsize(9)
+        spec = axes.get_subplotspec()
+        assert spec is not None  # every panel comes from plt.subplots
+        if spec.is_first_col():
+            axes.set_ylabel("observed share of PNEUMONIA")
+        axes.grid(alpha=0.3)
+    figure.suptitle("Test reliability per learning rate (bars: images per bin; NaN counts as 0)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=_DPI)
+    plt.close(figure)
+    return [], True
+
+
+def _test_predictions(results: StudyResults, trial: int) -> Predictions | None:
+    loaded = results.predictions.get(trial)
+    return None if loaded is None else loaded.test
 
 
 def _roc_axes(axes: Axes, title: str) -> None:

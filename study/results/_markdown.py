@@ -1,4 +1,5 @@
-"""A study's results as Markdown: the paper's Tables 4, 5 and 6 and a row per trial.
+"""A study's results as Markdown: the paper's Tables 4, 5 and 6, the reviewer's statistics, and
+a row per trial.
 
 Numbers carry four decimals, as the paper's tables do; an undefined SD or interval reads
 "n/a" and a missing value "-" or "missing", never 0 or NaN.
@@ -10,8 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from study.results._collect import Group, StudyResults, format_value
-from study.results._stats import Summary
+from study.results._collect import PAIRED_METRICS, Group, StudyResults, format_value
+from study.results._reviewer import DELONG, INTERVAL_METRICS, MCNEMAR
+from study.results._stats import PAIRED_T, PairedTest, Summary
 from trainer import TEST_METRICS
 
 _TEST_TITLES = {
@@ -21,13 +23,15 @@ _TEST_TITLES = {
     "specificity": "specificity",
     "f1": "F1",
     "roc_auc": "ROC AUC",
+    "brier": "Brier",
 }
 
 
 def to_markdown(
     results: StudyResults, figures: Sequence[Path] = (), notes: Sequence[str] = ()
 ) -> str:
-    """The paper's Tables 4, 5 and 6 with CIs, the headline sentence, and every trial.
+    """The paper's Tables 4, 5 and 6 with CIs, the headline sentence, the reviewer's statistics
+    (with a review), and every trial.
 
     ``figures`` (PNG files beside the Markdown file) are linked, and ``notes`` say what the
     figures had to leave out.
@@ -46,10 +50,13 @@ def to_markdown(
         lines.append("")
     lines += [f"**Result.** {results.headline()}", ""]
     lines += markdown_tables(results)
-    if figures or notes:
-        lines += ["## Figures", ""]
+    lines += _paired_tables(results)
+    if results.review is not None:
+        lines += _interval_table(results) + _youden_table(results)
+    if figures or notes or results.notes:
+        lines += ["## Figures and notes", ""]
         lines += [f"![{path.stem.replace('_', ' ')}]({path.name})" for path in figures]
-        lines += ["", *(f"- {note}" for note in notes), ""]
+        lines += ["", *(f"- {note}" for note in [*results.notes, *notes]), ""]
     lines += ["## Trials", "", *_trial_table(results)]
     return "\n".join(lines) + "\n"
 
@@ -72,28 +79,184 @@ def markdown_tables(results: StudyResults) -> list[str]:
             rows.append([*_group_cells(group, results), *seeds, *_summary_cells(summary)])
         lines += [f"## {title}", ""]
         lines += _table([*header, "mean", "SD", "95% CI", "n"], rows)
-        comparison = results.comparisons.get(metric)
-        if comparison is not None and metric != "val_accuracy":
-            lines += ["", comparison.sentence]
+        ranking = results.rankings.get(metric)
+        if ranking is not None and metric != "val_accuracy":
+            lines += ["", ranking.sentence]
         lines.append("")
     if any(g.diverged for g in results.groups):
-        lines += ["† diverged (a real outcome of that learning rate, kept in the statistics).", ""]
-    header = [*_group_header(results), *(_TEST_TITLES[name] for name in TEST_METRICS), "n"]
+        lines += [
+            "† diverged (a real outcome of that learning rate): its accuracy counts in every "
+            "mean; a loss it does not have is left out, and the n column says so.",
+            "",
+        ]
+    header = [*_group_header(results), *(_TEST_TITLES[name] for name in TEST_METRICS)]
     rows = [
         [
             *_group_cells(group, results),
             *(_mean_sd(group.summaries[f"test_{name}"]) for name in TEST_METRICS),
+            f"{len(group.collapsed)} of {len(group.trials)}",
             str(len(group.trials)),
         ]
         for group in results.groups
     ]
     lines += ["## Test metrics, mean ± SD over seeds (Table 6)", ""]
-    lines += _table(header, rows)
-    comparison = results.comparisons.get("test_accuracy")
-    if comparison is not None:
-        lines += ["", comparison.sentence]
+    lines += _table([*header, "collapsed", "n"], rows)
+    lines += [
+        "",
+        "Threshold 0.5. Collapsed: seeds whose network predicted one class for every test image "
+        "(counted in every mean: its accuracy is that class's share).",
+    ]
+    ranking = results.rankings.get("test_roc_auc")
+    if ranking is not None:
+        lines += ["", ranking.sentence]
     lines.append("")
     return lines
+
+
+def _paired_tables(results: StudyResults) -> list[str]:
+    """Every paired test: over seeds per metric, and per seed on the shared test images."""
+    over_seeds = [t for t in results.paired if t.test == PAIRED_T]
+    if not over_seeds:
+        return []
+    lines = [
+        "## Paired comparisons",
+        "",
+        "Every pair of groups; a - b is the first group minus the second. p_holm is Holm's "
+        "correction within each metric (and seed): a gap is significant when p_holm < 0.05. "
+        "Seeds needed: the seeds a paired t-test needs to detect the observed mean gap at 80% "
+        "power (alpha 0.05), given the observed SD of the paired differences.",
+        "",
+        "### Over seeds (paired t-test, seed as the pair)",
+        "",
+    ]
+    rows = [
+        [
+            _metric_title(t.metric), t.a, t.b, str(t.n), _number(t.difference),
+            _number(t.details["sd_difference"]), _number(t.statistic), _p(t.p), _p(t.p_holm),
+            _seeds_needed(t),
+        ]
+        for t in over_seeds
+    ]  # fmt: skip
+    header = ["metric", "a", "b", "seeds", "mean a - b", "SD of a - b", "t", "p", "p_holm",
+              "seeds needed"]  # fmt: skip
+    lines += _table(header, rows)
+    delong = [t for t in results.paired if t.test == DELONG]
+    if delong:
+        lines += ["", "### Per seed: DeLong's test of the test ROC AUCs, on the same images", ""]
+        rows = [
+            [
+                str(t.seed), t.a, t.b, str(t.n), _number(t.details.get("auc_a")),
+                _number(t.details.get("auc_b")), _number(t.statistic), _p(t.p), _p(t.p_holm),
+                t.note or "",
+            ]
+            for t in delong
+        ]  # fmt: skip
+        header = ["seed", "a", "b", "images", "AUC a", "AUC b", "z", "p", "p_holm", "note"]
+        lines += _table(header, rows)
+    mcnemar = [t for t in results.paired if t.test == MCNEMAR]
+    if mcnemar:
+        lines += [
+            "",
+            "### Per seed: McNemar's exact test of right and wrong answers at threshold 0.5",
+            "",
+        ]
+        rows = [
+            [
+                str(t.seed), t.a, t.b, str(t.n), _number(t.difference),
+                _plain(t.details.get("only_a_right")), _plain(t.details.get("only_b_right")),
+                _p(t.p), _p(t.p_holm), t.note or "",
+            ]
+            for t in mcnemar
+        ]  # fmt: skip
+        header = ["seed", "a", "b", "images", "accuracy a - b", "only a right",
+                  "only b right", "p", "p_holm", "note"]  # fmt: skip
+        lines += _table(header, rows)
+    per_seed = [t for t in delong + mcnemar if t.p_holm is not None]
+    if per_seed:
+        significant = {
+            name: sum(t.p_holm is not None and t.p_holm < 0.05 for t in per_seed if t.test == name)
+            for name in (DELONG, MCNEMAR)
+        }
+        counts = {name: sum(t.test == name for t in per_seed) for name in (DELONG, MCNEMAR)}
+        lines += [
+            "",
+            f"After Holm's correction within each seed, DeLong finds {significant[DELONG]} of "
+            f"{counts[DELONG]} testable AUC differences (pairs, over all seeds) significant, and "
+            f"McNemar {significant[MCNEMAR]} of {counts[MCNEMAR]} accuracy differences. These "
+            "per-seed tests say whether two trained networks differ on these test images; the "
+            "tests over seeds say whether the learning rates differ beyond the seed-to-seed "
+            "spread.",
+        ]
+    lines.append("")
+    return lines
+
+
+def _interval_table(results: StudyResults) -> list[str]:
+    """Each complete trial's test metrics with their 95% patient-bootstrap intervals."""
+    assert results.review is not None  # only called with a review
+    records = {record["trial"]: record for record in results.trials}
+    rows = []
+    for group in results.groups:
+        for number, seed in zip(group.trials, group.seeds, strict=True):
+            test = records[number]["test"] or {}
+            ci95 = test.get("ci95")
+            if ci95 is None:
+                continue
+            values = {**{name: test.get(name) for name in TEST_METRICS}, "brier": test["brier"]}
+            rows.append(
+                [
+                    *_group_cells(group, results), str(seed), str(number),
+                    *(_with_interval(values[name], ci95[name]) for name in INTERVAL_METRICS),
+                    str(test["patients"]), "yes" if records[number]["collapsed"] else "no",
+                ]
+            )  # fmt: skip
+    if not rows:
+        return []
+    titles = [_TEST_TITLES[name] for name in INTERVAL_METRICS]
+    header = [*_group_header(results), "seed", "trial", *titles, "patients", "collapsed"]
+    return [
+        "## Test metrics per trial, with 95% intervals by bootstrap over patients",
+        "",
+        f"Threshold 0.5. Each interval is the 2.5th to 97.5th percentile of the metric over "
+        f"{results.review.resamples} resamples of the test patients (seed {results.review.seed}), "
+        "each drawn patient bringing all of their images. Brier: mean squared difference of "
+        "probability and label (0 perfect, 0.25 a constant 0.5).",
+        "",
+        *_table(header, rows),
+        "",
+    ]
+
+
+def _youden_table(results: StudyResults) -> list[str]:
+    """Sensitivity and specificity at the threshold Youden's J picks on validation."""
+    records = {record["trial"]: record for record in results.trials}
+    rows = []
+    for group in results.groups:
+        for number, seed in zip(group.trials, group.seeds, strict=True):
+            chosen = (records[number]["test"] or {}).get("youden")
+            if chosen is None:
+                continue
+            rows.append(
+                [
+                    *_group_cells(group, results), str(seed), str(number),
+                    _number(chosen["threshold"]), _number(chosen["validation_j"]),
+                    _number(chosen["sensitivity"]), _number(chosen["specificity"]),
+                ]
+            )  # fmt: skip
+    if not rows:
+        return []
+    header = [*_group_header(results), "seed", "trial", "threshold", "validation J",
+              "test sensitivity", "test specificity"]  # fmt: skip
+    return [
+        "## Secondary: sensitivity and specificity at the threshold chosen on validation",
+        "",
+        "Not the primary result (that is threshold 0.5 throughout). Youden's J = sensitivity + "
+        "specificity - 1 is maximised on the validation images; the threshold is then applied, "
+        "unchanged, to the test images.",
+        "",
+        *_table(header, rows),
+        "",
+    ]
 
 
 def _trial_table(results: StudyResults) -> list[str]:
@@ -101,7 +264,8 @@ def _trial_table(results: StudyResults) -> list[str]:
     header = [
         "trial", "learning rate", "seed", *extra, "state", "val acc (last)", "val loss (last)",
         "val acc (best)", "val loss (best)", "best epoch", "test acc", "precision", "recall",
-        "specificity", "F1", "ROC AUC", "epochs", "diverged", "duration s", "worker", "host",
+        "specificity", "F1", "ROC AUC", "epochs", "diverged", "collapsed", "duration s",
+        "worker", "host",
     ]  # fmt: skip
     numbers = ["val_accuracy_last", "val_loss_last", "val_accuracy_best", "val_loss_best"]
     rows = []
@@ -118,6 +282,7 @@ def _trial_table(results: StudyResults) -> list[str]:
                 *(_number(r[f"test_{name}"]) for name in TEST_METRICS),
                 _plain(r["epochs_run"]),
                 {True: "yes", False: "no", None: "-"}[r["diverged"]],
+                {True: "yes", False: "no", None: "-"}[r["collapsed"]],
                 "-" if r["duration_s"] is None else f"{r['duration_s']:.1f}",
                 _plain(r["worker_id"]),
                 _plain(r["host"]),
@@ -136,7 +301,8 @@ def _group_cells(group: Group, results: StudyResults) -> list[str]:
 
 def _summary_cells(s: Summary) -> list[str]:
     ci = "n/a" if s.ci_low is None else f"[{s.ci_low:.4f}, {s.ci_high:.4f}]"
-    n = str(s.n) + (f" ({s.undefined} undefined)" if s.undefined else "")
+    left_out = s.left_out()
+    n = str(s.n) + (f" ({left_out})" if left_out else "")
     return [_number(s.mean), "n/a" if s.sd is None else f"{s.sd:.4f}", ci, n]
 
 
@@ -144,7 +310,31 @@ def _mean_sd(s: Summary) -> str:
     if s.mean is None:
         return "-"
     text = f"{s.mean:.4f} ± {s.sd:.4f}" if s.sd is not None else f"{s.mean:.4f} (one seed)"
-    return text + (f" ({s.undefined} undefined)" if s.undefined else "")
+    left_out = s.left_out()
+    return text + (f" (n = {s.n}: {left_out})" if left_out else "")
+
+
+def _with_interval(value: float | None, interval: list[float] | None) -> str:
+    if value is None:
+        return "-"
+    ci = "n/a" if interval is None else f"[{interval[0]:.4f}, {interval[1]:.4f}]"
+    return f"{value:.4f} {ci}"
+
+
+def _metric_title(metric: str) -> str:
+    return next(title for name, title, _ in PAIRED_METRICS if name == metric)
+
+
+def _seeds_needed(test: PairedTest) -> str:
+    if test.details["seeds_needed_beyond_cap"]:
+        return "beyond any feasible study"
+    return _plain(test.details["seeds_needed"])
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return "-"
+    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
 def _seed_cell(value: float | None, diverged: bool) -> str:

@@ -6,10 +6,9 @@ import errno
 import logging
 import socket
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from study.grid import ARTIFACT_FOLDER, _attrs, artifact_store, load_grid_study
+from study.grid import ARTIFACT_FOLDER, _attrs, artifact_store, load_grid_study, study_folder
 from study.results._views import refresh_views
 from trainer import InputError
 
@@ -25,15 +24,19 @@ def dashboard_artifact_store(
 ) -> ArtifactStore | None:
     """One artifact store over the stores of every lrstudy study in ``storage``.
 
-    Each study's store is found from its stored spec, or under ``artifacts`` (this machine's
-    artifacts folder) when given. Artifact ids are UUIDs, so one store serves all studies.
+    Each study's store is in its folder (``study_folder``) under the artifacts folder of its
+    stored spec, or under ``artifacts`` (this machine's artifacts folder) when given. Artifact
+    ids are UUIDs, so one store serves all studies.
     """
     stores = []
     for study in storage.get_all_studies():
         spec = study.user_attrs.get(_attrs.SPEC)
         root = artifacts or (spec["study"]["artifacts"] if isinstance(spec, dict) else None)
-        if root and (Path(root) / study.study_name / ARTIFACT_FOLDER).is_dir():
-            stores.append(artifact_store(root, study.study_name))
+        if not root:
+            continue
+        folder = study_folder(root, study.study_name, study.system_attrs.get(_attrs.STUDY_UID))
+        if (folder / ARTIFACT_FOLDER).is_dir():
+            stores.append(artifact_store(folder))
     return _Stores(stores) if stores else None
 
 

@@ -1,9 +1,11 @@
-"""Statistics over seeds: mean, sample SD, Student-t interval, and Welch's test of the lead.
+"""Statistics over seeds: summaries, paired t-tests of every pair of groups, and the ranking.
 
-The seed paper ranked learning rates on gaps smaller than their own standard deviations. Here a
-ranking is only stated as significant when Welch's t-test says so; otherwise the sentence says
-that the rates cannot be told apart. Undefined numbers (one seed, no spread) are ``None`` and
-the sentence says why, instead of printing a misleading 0 or NaN.
+The seed paper ranked learning rates on gaps smaller than their own standard deviations. Here
+seeds pair two rates' runs (same seed, same data order), every pair of rates is tested, Holm's
+correction keeps the family-wise error at alpha over the pairs, and one rate is said to lead
+another only when the corrected test says so; otherwise the sentence says how many seeds that
+gap would need. Undefined numbers (one seed, no spread) are ``None`` and the sentence says why,
+instead of printing a misleading 0 or NaN.
 """
 
 from __future__ import annotations
@@ -11,21 +13,25 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from scipy import stats as scipy_stats
 
+from study.results._paired import ALPHA, MAX_SEEDS, POWER, holm, paired_t_test, seeds_needed
+
 CONFIDENCE = 0.95
-ALPHA = 0.05
+PAIRED_T = "paired t"
 
 
 @dataclass(frozen=True)
 class Summary:
-    """One group's values over seeds.
+    """One group's values over its complete seeds.
 
     ``sd`` is the sample SD (n - 1), ``None`` below two values; the interval is the Student-t
     95% interval of the mean, ``None`` below two values and equal to the mean when the values
-    do not vary. ``undefined`` counts values that were missing (e.g. the loss of a diverged run).
+    do not vary. ``undefined`` counts the values left out as missing or not finite, and
+    ``diverged`` how many of those are a diverged seed's (its loss), which tables then name.
     """
 
     values: tuple[float, ...]
@@ -34,10 +40,21 @@ class Summary:
     ci_low: float | None
     ci_high: float | None
     undefined: int = 0
+    diverged: int = 0
 
     @property
     def n(self) -> int:
         return len(self.values)
+
+    def left_out(self) -> str | None:
+        """What the mean leaves out, in words ("1 of 3 diverged"); None when nothing."""
+        if not self.undefined:
+            return None
+        total = self.n + self.undefined
+        parts = [f"{self.diverged} of {total} diverged"] if self.diverged else []
+        if self.undefined > self.diverged:
+            parts.append(f"{self.undefined - self.diverged} of {total} undefined")
+        return ", ".join(parts)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -47,51 +64,103 @@ class Summary:
             "sd": self.sd,
             "ci95": None if self.ci_low is None else [self.ci_low, self.ci_high],
             "undefined": self.undefined,
+            "diverged": self.diverged,
+            "left_out": self.left_out(),
         }
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """The best group by mean against the runner-up, with Welch's t-test where it is defined."""
+class PairedTest:
+    """One test of group ``a`` against group ``b`` on ``metric``, two-sided.
+
+    ``test`` is ``"paired t"`` over seeds (``seed`` None), or ``"DeLong"`` or ``"McNemar"`` on
+    one seed's shared test images. ``difference`` is a - b: the mean paired difference over
+    seeds, the AUC difference, or the accuracy difference. ``n`` counts the pairs (seeds or
+    images). ``p_holm`` is Holm-adjusted within the family of the same metric, test and seed.
+    ``details`` holds what only that test has (seeds needed, AUCs, discordant counts), ``note``
+    why a test could not be done.
+    """
 
     metric: str
-    best: str
-    runner_up: str
-    difference: float
-    t: float | None
-    df: float | None
-    p_value: float | None
-    significant: bool
+    a: str
+    b: str
+    seed: Any
+    test: str
+    n: int
+    difference: float | None
+    statistic: float | None
+    p: float | None
+    p_holm: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "metric": self.metric,
+            "a": self.a,
+            "b": self.b,
+            "seed": self.seed,
+            "test": self.test,
+            "n": self.n,
+            "difference": self.difference,
+            "statistic": self.statistic,
+            "p": self.p,
+            "p_holm": self.p_holm,
+            **self.details,
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """What the paired tests over seeds support about the group with the best mean.
+
+    ``ahead_of`` lists the groups the leader beats after Holm's correction, ``not_separated``
+    those it was tested against without a significant gap (or a tie), ``untestable`` those no
+    paired t-test could compare (fewer than two shared seeds, or differences without spread).
+    """
+
+    metric: str
+    leader: str
+    ahead_of: list[str]
+    not_separated: list[str]
+    untestable: list[str]
     sentence: str
 
     def to_dict(self) -> dict[str, object]:
         return {
             "metric": self.metric,
-            "best": self.best,
-            "runner_up": self.runner_up,
-            "difference": self.difference,
-            "t": self.t,
-            "df": self.df,
-            "p_value": self.p_value,
-            "significant": self.significant,
+            "leader": self.leader,
+            "ahead_of": self.ahead_of,
+            "not_separated": self.not_separated,
+            "untestable": self.untestable,
             "alpha": ALPHA,
+            "power": POWER,
             "sentence": self.sentence,
         }
 
 
-def summarize(values: Sequence[float | None]) -> Summary:
-    """Mean, sample SD and 95% CI of the finite values; None and NaN count as undefined."""
-    kept = tuple(float(v) for v in values if v is not None and math.isfinite(v))
-    undefined = len(values) - len(kept)
+def summarize(values: Sequence[float | None], diverged: Sequence[bool] = ()) -> Summary:
+    """Mean, sample SD and 95% CI of the finite values; None and NaN count as undefined.
+
+    Args:
+        values: One value per complete seed.
+        diverged: Whether each seed diverged, aligned with ``values``; a left-out value of a
+            diverged seed is counted in ``Summary.diverged``. Defaults to none diverged.
+    """
+    flags = list(diverged) or [False] * len(values)
+    kept = tuple(float(v) for v in values if v is not None and _finite(v))
+    left = [flag for value, flag in zip(values, flags, strict=True) if not _finite(value)]
+    counts = len(left), sum(left)
     if not kept:
-        return Summary(kept, None, None, None, None, undefined)
+        return Summary(kept, None, None, None, None, *counts)
     mean = statistics.fmean(kept)
     if len(kept) < 2:
-        return Summary(kept, mean, None, None, None, undefined)
+        return Summary(kept, mean, None, None, None, *counts)
     sd = statistics.stdev(kept)
     t = float(scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, df=len(kept) - 1))
     half = t * sd / math.sqrt(len(kept))
-    return Summary(kept, mean, sd, mean - half, mean + half, undefined)
+    return Summary(kept, mean, sd, mean - half, mean + half, *counts)
 
 
 def per_epoch(series: Sequence[Sequence[float | None]]) -> list[Summary]:
@@ -100,73 +169,214 @@ def per_epoch(series: Sequence[Sequence[float | None]]) -> list[Summary]:
     return [summarize([values[i] for values in series if i < len(values)]) for i in range(epochs)]
 
 
-def compare(
-    groups: Mapping[str, Summary], metric: str, *, higher_is_better: bool = True
-) -> Comparison | None:
-    """Compare the best group by mean with the runner-up; None with fewer than two groups.
+def paired_over_seeds(
+    per_seed: Mapping[str, Mapping[Any, float | None]], metric: str
+) -> list[PairedTest]:
+    """Paired t-test over the shared seeds of every pair of groups, Holm across the pairs.
+
+    Each test carries the seeds a two-sided paired t-test would need to detect the observed
+    mean difference at 80% power (alpha 0.05), given the observed SD of the differences.
 
     Args:
-        groups: Group label (e.g. ``"lr=0.001"``) to its summary; groups without values are
-            left out of the ranking.
-        metric: Name used in the sentence, e.g. ``"validation accuracy"``.
+        per_seed: Group label -> seed -> value (None where missing or undefined), in the
+            order the pairs are listed.
+        metric: Name of the metric, e.g. ``"val_accuracy"``.
+    """
+    labels = list(per_seed)
+    tests = []
+    for i, a in enumerate(labels):
+        for b in labels[i + 1 :]:
+            seeds = [seed for seed in per_seed[a] if seed in per_seed[b]]
+            result = paired_t_test(
+                [per_seed[a][seed] for seed in seeds], [per_seed[b][seed] for seed in seeds]
+            )
+            needed = seeds_needed(result.mean_difference, result.sd_difference)
+            details = {
+                "sd_difference": result.sd_difference,
+                "seeds_needed": needed.seeds,
+                "seeds_needed_beyond_cap": needed.beyond_cap,
+            }
+            tests.append(
+                PairedTest(
+                    metric=metric,
+                    a=a,
+                    b=b,
+                    seed=None,
+                    test=PAIRED_T,
+                    n=result.n,
+                    difference=result.mean_difference,
+                    statistic=result.statistic,
+                    p=result.p,
+                    details=details,
+                )
+            )
+    return holm_within(tests)
+
+
+def holm_within(tests: Sequence[PairedTest]) -> list[PairedTest]:
+    """``tests`` with ``p_holm`` set by Holm's correction within each (metric, test, seed)."""
+    families: dict[tuple[str, str, Any], list[int]] = {}
+    for index, test in enumerate(tests):
+        families.setdefault((test.metric, test.test, test.seed), []).append(index)
+    adjusted: list[float | None] = [None] * len(tests)
+    for members in families.values():
+        for index, p in zip(members, holm([tests[i].p for i in members]), strict=True):
+            adjusted[index] = p
+    return [replace(test, p_holm=p) for test, p in zip(tests, adjusted, strict=True)]
+
+
+def rank(
+    summaries: Mapping[str, Summary],
+    tests: Sequence[PairedTest],
+    title: str,
+    *,
+    higher_is_better: bool = True,
+) -> Ranking | None:
+    """What the Holm-corrected paired t-tests support about the best mean; None below two groups.
+
+    The leader is the group with the best mean; it is only said to be ahead of a group whose
+    paired test with it is significant after Holm's correction. For every other group the
+    sentence says why not: no significant gap (with the seeds that gap would need), a tie, or
+    no test possible.
+
+    Args:
+        summaries: Group label -> its summary over seeds; groups without a mean are left out.
+        tests: The paired t-tests of this metric over seeds, from ``paired_over_seeds``.
+        title: The metric as the sentence names it, e.g. ``"validation accuracy"``.
         higher_is_better: False for a loss. Defaults to `True`.
     """
-    ranked = sorted(
-        ((label, s, s.mean) for label, s in groups.items() if s.mean is not None),
-        key=lambda item: item[2],
-        reverse=higher_is_better,
-    )
+    ranked = [
+        (label, s)
+        for label, s in sorted(
+            summaries.items(), key=lambda item: item[1].mean or 0.0, reverse=higher_is_better
+        )
+        if s.mean is not None
+    ]
     if len(ranked) < 2:
         return None
-    (best, a, mean_a), (runner_up, b, mean_b) = ranked[0], ranked[1]
-    # Means of equal values can differ in the last bit; that is a tie, not a lead.
-    difference = 0.0 if math.isclose(mean_a, mean_b, rel_tol=1e-12) else abs(mean_a - mean_b)
-    t, df, p = _welch(a, b)
-    significant = p is not None and p < ALPHA and difference > 0
-    lead = (
-        f"{best} has the {'highest' if higher_is_better else 'lowest'} mean {metric} "
-        f"({_describe(a)}), ahead of {runner_up} ({_describe(b)}) by {difference:.4f}"
-    )
-    if difference == 0:
-        verdict = "they are tied, so neither leads"
-    elif p is None:
-        verdict = f"no test is possible ({_why_untestable(a, b)}), so the lead is not established"
-    elif significant:
-        verdict = (
-            f"Welch's t-test gives t = {t:.2f}, df = {df:.1f}, {_p(p)}, so the lead is "
-            f"statistically significant (p < {ALPHA})"
+    leader, top = ranked[0]
+    by_pair = {frozenset((t.a, t.b)): t for t in tests}
+    ahead: list[tuple[str, PairedTest]] = []
+    behind: list[tuple[str, PairedTest]] = []  # tested, not significant
+    tied: list[str] = []
+    untestable: list[tuple[str, PairedTest]] = []
+    for label, summary in ranked[1:]:
+        test = by_pair[frozenset((leader, label))]
+        # Equal means can differ in the last bit; that is a tie, not a lead.
+        assert top.mean is not None and summary.mean is not None  # ranked groups have means
+        if math.isclose(top.mean, summary.mean, rel_tol=1e-12) or (
+            test.p is None and test.n >= 2 and test.difference == 0
+        ):
+            tied.append(label)
+        elif test.p is None:
+            untestable.append((label, test))
+        elif _p_holm(test) < ALPHA and _advantage(test, leader, higher_is_better) > 0:
+            ahead.append((label, test))
+        else:
+            behind.append((label, test))
+
+    def gap(label: str, test: PairedTest, needed: bool) -> str:
+        by = _advantage(test, leader, higher_is_better)
+        extra = f", {_needed(test)}" if needed else ""
+        return f"{label} (by {by:.4f}, {_p('p_holm', _p_holm(test))}{extra})"
+
+    clauses = []
+    if ahead:
+        clauses.append("it is ahead of " + _join([gap(label, t, False) for label, t in ahead]))
+    if behind:
+        clauses.append(
+            "it is not significantly ahead of "
+            + _join([gap(label, test, True) for label, test in behind])
         )
-    else:
-        verdict = (
-            f"Welch's t-test gives t = {t:.2f}, df = {df:.1f}, {_p(p)}, so the lead is not "
-            f"statistically significant (p ≥ {ALPHA}): these two cannot be ranked on this evidence"
+    if tied:
+        clauses.append(f"it is tied with {_join(tied)}")
+    if untestable:
+        clauses.append(
+            "no paired t-test is possible against "
+            + _join([f"{label} ({_untestable(test)})" for label, test in untestable])
         )
-    return Comparison(
-        metric, best, runner_up, difference, t, df, p, significant, f"{lead}; {verdict}."
+    pairs = len(tests)
+    lines = [
+        f"{leader} has the {'highest' if higher_is_better else 'lowest'} mean {title} "
+        f"({_describe(top)}).",
+        f"By {PAIRED_T}-tests over seeds, Holm-corrected over the {pairs} "
+        f"pair{'s' * (pairs != 1)}, " + "; ".join(clauses) + ".",
+    ]
+    if behind:
+        lines.append(_power(behind))
+    left_out = [f"{label} ({s.left_out()})" for label, s in ranked[1:] if s.diverged]
+    if left_out:
+        lines.append(
+            f"Means and tests leave out the {title} a diverged seed lacks: {_join(left_out)}."
+        )
+    lines.append(
+        "So the first place is not established on this evidence."
+        if behind or tied or untestable
+        else f"So {leader} ranks first on this evidence."
+    )
+    return Ranking(
+        metric=title,
+        leader=leader,
+        ahead_of=[label for label, _ in ahead],
+        not_separated=[label for label, _ in behind] + tied,
+        untestable=[label for label, _ in untestable],
+        sentence=" ".join(lines),
     )
 
 
-def _welch(a: Summary, b: Summary) -> tuple[float | None, float | None, float | None]:
-    """t, Welch-Satterthwaite df and two-sided p; None where the test is undefined."""
-    if a.sd is None or b.sd is None or (a.sd == 0 and b.sd == 0):
-        return None, None, None
-    assert a.mean is not None and b.mean is not None  # a summary with an SD has a mean
-    va, vb = a.sd**2 / a.n, b.sd**2 / b.n
-    t = (a.mean - b.mean) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
-    return t, df, float(2 * scipy_stats.t.sf(abs(t), df))
+def _advantage(test: PairedTest, leader: str, higher_is_better: bool) -> float:
+    """The leader's mean paired gap over the other group, positive when the leader is better."""
+    sign = (1 if test.a == leader else -1) * (1 if higher_is_better else -1)
+    return sign * (test.difference or 0.0)
 
 
-def _why_untestable(a: Summary, b: Summary) -> str:
-    if a.n < 2 or b.n < 2:
-        return "a single seed on one side shows no spread"
-    return "both gave the same value on every seed: zero spread, Welch's t is undefined"
+def _p_holm(test: PairedTest) -> float:
+    assert test.p_holm is not None  # Holm adjusts every p there is
+    return test.p_holm
+
+
+def _needed(test: PairedTest) -> str:
+    if test.details["seeds_needed_beyond_cap"]:
+        return f"over {MAX_SEEDS} seeds needed"
+    return f"{test.details['seeds_needed']} seeds needed"
+
+
+def _untestable(test: PairedTest) -> str:
+    if test.n < 2:
+        shared = f"only {test.n} seed has" if test.n == 1 else "no seed has"
+        return f"{shared} both; n is too small to rank them, at least 2 seeds are needed"
+    return "the paired differences do not vary, so the t statistic is undefined"
+
+
+def _power(behind: Sequence[tuple[str, PairedTest]]) -> str:
+    """What the seeds needed say: too few seeds, or enough and still no significant gap."""
+    n = max(test.n for _, test in behind)
+    short = any(
+        test.details["seeds_needed_beyond_cap"] or test.details["seeds_needed"] > test.n
+        for _, test in behind
+    )
+    meaning = (
+        f"seeds needed: for {POWER:.0%} power, {PAIRED_T} at alpha {ALPHA}, to detect the "
+        "observed gap at the observed SD of the paired differences"
+    )
+    if short:
+        return f"n = {n} seeds is too small to rank these ({meaning})."
+    return f"The study has the seeds such gaps need, yet none is significant ({meaning})."
 
 
 def _describe(s: Summary) -> str:
     sd = "SD undefined" if s.sd is None else f"SD {s.sd:.4f}"
-    return f"mean {s.mean:.4f}, {sd}, n = {s.n}"
+    left_out = s.left_out()
+    return f"mean {s.mean:.4f}, {sd}, n = {s.n}" + (f"; {left_out}" if left_out else "")
 
 
-def _p(p: float) -> str:
-    return "p < 0.0001" if p < 1e-4 else f"p = {p:.4f}"
+def _join(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _p(name: str, p: float) -> str:
+    return f"{name} < 0.0001" if p < 1e-4 else f"{name} = {p:.4f}"

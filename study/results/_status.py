@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from study.grid import CellState, cell_states, read_trial
+from study.grid import CellState, _attrs, cell_states, failed_for_good, read_trial, study_folder
 from study.results._collect import collect, format_value
 
 if TYPE_CHECKING:
@@ -57,8 +57,40 @@ def _detail(state: CellState, trial: optuna.trial.FrozenTrial | None, metric: st
         text = "-" if state.value is None else f"{metric} {state.value:.4f}"
         return text + (", diverged" if record is not None and record.diverged else "")
     if state.state == "failed":
-        return f"retries {state.retries}: {state.error or 'unknown error'}"
+        where = record.traceback_file if record is not None else None
+        text = f"retries {state.retries}: {state.error or 'unknown error'}"
+        return text + (f" (traceback: {where})" if where else "")
     return f"retry {state.retries}" if state.retries else ""
+
+
+def study_line(study: optuna.Study) -> str:
+    """The study's id and the folder of its files (as its creator's spec placed it)."""
+    uid = _attrs.study_uid(study)
+    spec = study.user_attrs.get(_attrs.SPEC)
+    root = spec.get("study", {}).get("artifacts") if isinstance(spec, dict) else None
+    where = f", files in {study_folder(root, study.study_name, uid)}" if root else ""
+    return f"study id {uid or 'none (made before studies had one)'}{where}"
+
+
+def failure_lines(study: optuna.Study, *, shown: int = 4) -> list[str]:
+    """One line per reason of the cells failed for good: how many, why, and which cells."""
+    by_reason: dict[str, list[str]] = {}
+    for state in failed_for_good(study):
+        by_reason.setdefault(_first_line(state.error), []).append(state.key)
+    lines = []
+    for reason, keys in by_reason.items():
+        more = f", and {len(keys) - shown} more" if len(keys) > shown else ""
+        cells = "cell" if len(keys) == 1 else "cells"
+        lines.append(
+            f"{len(keys)} {cells} failed for good: {reason} ({', '.join(keys[:shown])}{more})"
+        )
+    return lines
+
+
+def _first_line(error: str | None, limit: int = 200) -> str:
+    lines = (error or "").strip().splitlines()
+    line = lines[0] if lines else "unknown error"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def summary_table(study: optuna.Study) -> str:

@@ -26,11 +26,20 @@ def cell_key(params: Mapping[str, object]) -> str:
     return "__".join(parts)
 
 
-def cell_config(spec: StudySpec, params: Mapping[str, Any]) -> CellConfig:
+def cell_config(
+    spec: StudySpec, params: Mapping[str, Any], *, folder: str | Path | None = None
+) -> CellConfig:
     """The trainer config of one grid cell; grid axes override ``[train]`` keys.
 
-    Its ``out_dir`` is ``<artifacts>/<study name>/<cell key>``, the same on every worker, so a
-    cell retried anywhere that shares the artifacts folder resumes from its last checkpoint.
+    Its ``out_dir`` is ``<folder>/<cell key>``, the same on every worker, so a cell retried
+    anywhere that shares the artifacts folder resumes from its last checkpoint.
+
+    Args:
+        spec: The study spec.
+        params: The cell's value of each grid axis.
+        folder: The study's folder (the grid room's ``study_folder``, named by the study's id,
+            which the spec does not know). Defaults to ``<artifacts>/<study name>``, the folder
+            of a study made before studies had an id.
 
     Raises:
         InputError: the cell's values break a rule of the trainer, worded with the spec key.
@@ -41,13 +50,14 @@ def cell_config(spec: StudySpec, params: Mapping[str, Any]) -> CellConfig:
             "Fix: pass --data DIR or set root in [data]."
         )
     axes = {axis: value for axis, value in params.items() if axis in train_keys()}
+    base = Path(spec.study.artifacts) / spec.study.name if folder is None else Path(folder)
     try:
         return CellConfig.of(
             spec.train,
             data=spec.data,
             learning_rate=params["learning_rate"],
             seed=params["seed"],
-            out_dir=str(Path(spec.study.artifacts) / spec.study.name / cell_key(params)),
+            out_dir=str(base / cell_key(params)),
             **axes,
         )
     except ConfigError as error:

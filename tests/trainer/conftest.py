@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.conftest import write_dataset
 from trainer import DataConfig
+
+BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
+"""The Keras backend these tests run under (CI runs them under both): a cell's ``backend``."""
 
 
 @pytest.fixture(scope="module")

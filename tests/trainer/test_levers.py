@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 
+from tests.trainer.conftest import BACKEND
 from trainer import CellConfig, CellResult, DataConfig, InputError, build_model, train_cell
 from trainer._train import RESULT_FILE
 
@@ -29,6 +31,7 @@ def _config(data: DataConfig, out: Path, **changes: Any) -> CellConfig:
         "image_size": 32,
         "model": "small_cnn",
         "weights": "none",
+        "backend": BACKEND,
         # TensorFlow's op determinism rules out XLA; CPU kernels are deterministic anyway.
         "deterministic": False,
     }
@@ -144,11 +147,17 @@ def test_a_mixed_precision_cell_resumes_exactly_and_only_as_mixed_precision(
     def crash(epoch: int, logs: dict[str, Any]) -> bool:
         raise _Crash
 
+    cell, other = tmp_path / "cell", tmp_path / "other"
     with pytest.raises(_Crash):
-        train_cell(_config(data, tmp_path, mixed_precision=True), crash)
-    with pytest.raises(InputError, match="mixed_precision"):
-        train_cell(_config(data, tmp_path), resume=True)
-    resumed = train_cell(_config(data, tmp_path, mixed_precision=True), resume=True)
+        train_cell(_config(data, cell, mixed_precision=True), crash)
+    shutil.copytree(cell, other)
+    # A float32 run never resumes a mixed-precision checkpoint: it sets it aside and starts over.
+    plain = train_cell(_config(data, other), resume=True)
+    (aside,) = tmp_path.glob("other.set-aside-*")
+    assert (aside / "checkpoint.npz").is_file()
+    assert [row["epoch"] for row in plain.history] == [1, 2]
+    assert plain.history[0]["loss"] != mixed.history[0]["loss"]
+    resumed = train_cell(_config(data, cell, mixed_precision=True), resume=True)
     # The loss scale is saved with the optimizer, so the resumed run is the straight one.
     assert [row["loss"] for row in resumed.history] == [row["loss"] for row in mixed.history]
     assert np.array_equal(_probabilities(resumed), _probabilities(mixed))

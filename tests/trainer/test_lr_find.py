@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import write_dataset
+from tests.trainer.conftest import BACKEND
 from trainer import (
     CellConfig,
     DataConfig,
@@ -58,6 +59,7 @@ def _config(data: DataConfig, **changes: Any) -> CellConfig:
         "image_size": 32,
         "model": "small_cnn",
         "weights": "none",
+        "backend": BACKEND,
     }
     return CellConfig(**{**values, **changes})
 
@@ -210,6 +212,18 @@ def test_the_grid_moves_down_below_a_near_loss_minimum() -> None:
     assert result.suggested_grid() == (0.003, 0.001, 0.0004, 0.0001)
 
 
+def test_a_fall_back_from_a_spike_past_the_minimum_is_no_descent() -> None:
+    # Seen on real images: single batches with losses of 20 to 80 lift the smoothed loss, which
+    # then falls back, steeper than the real descent; the test goes on as long as it stays
+    # below 4 times the minimum.
+    rates = np.geomspace(1e-6, 1.0, 61)
+    smoothed = _falling(rates, -1.0)
+    smoothed[-8:] = np.linspace(2.0, 1.0, 8)
+    result = _result(rates, smoothed)
+    assert result.steepest_lr == pytest.approx(1e-3)
+    assert result.suggested_grid() == (0.006, 0.002, 0.0006, 0.0002)
+
+
 def _never_falling() -> LrFindResult:
     return _result(np.geomspace(1e-6, 1.0, 30), np.linspace(0.7, 0.9, 30))
 
@@ -253,6 +267,7 @@ def test_inception_v3_goes_through_the_same_path_at_75_px(make_dataset, cache_di
         batch_size=4,
         image_size=75,
         weights="none",
+        backend=BACKEND,
     )
     result = find_learning_rate(config, min_lr=1e-6, max_lr=1e-3, steps=10)
     assert result.config.model == "inception_v3" and result.stopped_early is None

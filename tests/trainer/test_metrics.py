@@ -1,4 +1,4 @@
-"""Test metrics at threshold 0.5 with PNEUMONIA positive, and the batching-free validation loss."""
+"""The metric conventions (every seed counts), and one loss for training and validation."""
 
 from __future__ import annotations
 
@@ -7,15 +7,17 @@ import math
 import keras
 import numpy as np
 import pytest
+from sklearn import metrics
 
 from trainer import binary_metrics, validation_metrics
+from trainer._metrics import logit_loss, point_metrics, sigmoid
 
 
 def _counts(labels: list[int], probabilities: list[float]) -> tuple[int, int, int, int]:
-    """Confusion counts by hand, the rule spelled out: NaN is wrong whatever the class."""
+    """Confusion counts by hand, the rule spelled out: NaN compares false, so it is NORMAL."""
     tn = fp = fn = tp = 0
     for y, p in zip(labels, probabilities, strict=True):
-        positive = (1 - y) if math.isnan(p) else int(p > 0.5)
+        positive = int(p > 0.5)
         tp += y == 1 and positive == 1
         fn += y == 1 and positive == 0
         fp += y == 0 and positive == 1
@@ -38,7 +40,28 @@ def test_metrics_match_their_definitions_on_random_predictions() -> None:
     pairs = [(p, q) for p, y in zip(probabilities, labels, strict=True) if y for q, z in
              zip(probabilities, labels, strict=True) if not z]  # fmt: skip
     assert result.roc_auc == pytest.approx(sum(p > q for p, q in pairs) / len(pairs))
-    assert result.undefined == {}
+    expected_brier = np.mean((np.array(probabilities) - np.array(labels)) ** 2)
+    assert result.brier == pytest.approx(expected_brier)
+    assert result.undefined == {} and result.collapsed is False
+
+
+def test_metrics_agree_with_scikit_learn_zero_division_0_with_ties_and_nan() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 500)
+    p = np.round(np.clip(0.35 * y + rng.random(500) * 0.65, 0, 1), 2)
+    p[[3, 50, 400]] = np.nan
+    predicted = np.nan_to_num(p, nan=0.0) > 0.5
+    result = binary_metrics(y, p)
+    assert result.accuracy == pytest.approx(metrics.accuracy_score(y, predicted))
+    assert result.precision == pytest.approx(metrics.precision_score(y, predicted))
+    assert result.recall == pytest.approx(metrics.recall_score(y, predicted))
+    assert result.specificity == pytest.approx(metrics.recall_score(y, predicted, pos_label=0))
+    assert result.f1 == pytest.approx(metrics.f1_score(y, predicted))
+    assert result.roc_auc == pytest.approx(metrics.roc_auc_score(y, np.nan_to_num(p, nan=-1.0)))
+    assert result.brier == pytest.approx(metrics.brier_score_loss(y, np.nan_to_num(p)))
+    assert {k: v for k, v in result.to_dict().items() if k in point_metrics(y, p)} == (
+        pytest.approx(point_metrics(y, p))
+    )
 
 
 def test_threshold_is_strictly_above_one_half_as_in_keras() -> None:
@@ -49,52 +72,88 @@ def test_threshold_is_strictly_above_one_half_as_in_keras() -> None:
     assert float(keras_accuracy.result()) == result.accuracy == 0.0
 
 
-def test_nan_probabilities_are_wrong_predictions_and_auc_is_undefined() -> None:
+def test_nan_probabilities_count_as_normal_and_rank_lowest() -> None:
     labels, probabilities = [1, 1, 0, 0], [0.9, math.nan, 0.1, math.nan]
     result = binary_metrics(np.array(labels), np.array(probabilities))
-    assert (result.tn, result.fp, result.fn, result.tp) == _counts(labels, probabilities)
-    assert result.accuracy == 0.5
-    assert result.roc_auc is None
-    assert "2 of 4 probabilities are NaN" in result.undefined["roc_auc"]
+    assert (result.tn, result.fp, result.fn, result.tp) == _counts(labels, probabilities) == (
+        2, 0, 1, 1
+    )  # fmt: skip
+    assert result.accuracy == 0.75
+    # Pairs (positive, negative): 0.9 beats 0.1 and NaN; the NaN positive ranks below 0.1 and
+    # ties the NaN negative.
+    assert result.roc_auc == pytest.approx((1 + 1 + 0 + 0.5) / 4)
 
 
-def test_constant_predictions_leave_auc_and_precision_undefined_with_reasons() -> None:
+def test_a_diverged_network_is_a_collapsed_constant_predictor_of_normal() -> None:
+    labels = np.array([0, 1, 1, 0, 1])
+    result = binary_metrics(labels, np.full(5, math.nan))
+    assert (result.tn, result.fp, result.fn, result.tp) == (2, 0, 3, 0)
+    assert result.accuracy == pytest.approx(2 / 5) and result.roc_auc == 0.5
+    assert result.precision == result.recall == result.f1 == 0.0 and result.specificity == 1.0
+    assert result.brier == pytest.approx(3 / 5)  # NaN counts as probability 0
+    assert result.collapsed is True and result.undefined == {}
+
+
+def test_constant_predictions_score_auc_one_half_and_zero_precision() -> None:
     result = binary_metrics(np.array([0, 1, 1, 0]), np.full(4, 0.2))
-    assert result.roc_auc is None and "constant" in result.undefined["roc_auc"]
-    assert result.precision is None and "TP + FP = 0" in result.undefined["precision"]
-    assert result.recall == 0.0 and result.specificity == 1.0 and result.f1 == 0.0
-    assert set(result.to_dict()["undefined"]) == {"roc_auc", "precision"}
+    assert result.roc_auc == 0.5 and result.precision == 0.0 and result.f1 == 0.0
+    assert result.recall == 0.0 and result.specificity == 1.0
+    assert result.collapsed is True and result.undefined == {}
+    always_pneumonia = binary_metrics(np.array([0, 1, 1, 0]), np.full(4, 0.9))
+    assert always_pneumonia.collapsed is True and always_pneumonia.specificity == 0.0
 
 
-def test_one_class_of_labels_leaves_specificity_and_auc_undefined() -> None:
+def test_one_class_of_labels_leaves_only_auc_undefined() -> None:
     result = binary_metrics(np.array([1, 1, 1]), np.array([0.2, 0.7, 0.9]))
-    assert result.specificity is None and "NORMAL" in result.undefined["specificity"]
+    assert result.specificity == 0.0 and result.recall == pytest.approx(2 / 3)
     assert result.roc_auc is None and "one class" in result.undefined["roc_auc"]
-    assert result.recall == pytest.approx(2 / 3)
+    assert set(result.undefined) == {"roc_auc"} and result.collapsed is False
 
 
-def test_validation_loss_is_keras_binary_cross_entropy_in_float64() -> None:
+def test_no_images_leave_every_score_undefined() -> None:
+    result = binary_metrics(np.array([], dtype=np.uint8), np.array([], dtype=np.float32))
+    assert result.accuracy is None and result.roc_auc is None and result.collapsed is False
+    assert set(result.undefined) == {*point_metrics([1], [0.5])}
+
+
+def test_validation_loss_is_the_training_loss_of_keras_from_logits() -> None:
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 50)
-    probabilities = np.concatenate([rng.uniform(0, 1, 48), [0.0, 1.0]]).astype(np.float32)
-    ours = validation_metrics(labels, probabilities)
-    theirs = keras.losses.BinaryCrossentropy()(
-        labels.reshape(-1, 1).astype(np.float32), probabilities.reshape(-1, 1)
+    logits = np.concatenate([rng.normal(0, 3, 46), [-30.0, 30.0, 0.0, 1e-3]]).astype(np.float32)
+    ours = validation_metrics(labels, logits)
+    theirs = keras.losses.BinaryCrossentropy(from_logits=True)(
+        labels.reshape(-1, 1).astype(np.float32), logits.reshape(-1, 1)
     )
     assert ours["val_loss"] == pytest.approx(float(theirs), rel=1e-5)
-    assert ours["val_accuracy"] == np.mean((probabilities > 0.5) == (labels == 1))
+    assert ours["val_accuracy"] == np.mean((logits > 0) == (labels == 1))
+    assert ours["val_accuracy"] == point_metrics(labels, sigmoid(logits))["accuracy"]
+
+
+def test_a_saturated_logit_gives_the_true_loss_not_a_clipped_one() -> None:
+    labels = np.array([0, 0, 1, 1])
+    logits = np.array([50.0, -50.0, -200.0, 200.0], dtype=np.float32)
+    assert logit_loss(labels, logits) == pytest.approx((50 + 200) / 4, rel=1e-12)
+    theirs = keras.losses.BinaryCrossentropy(from_logits=True)(
+        labels.reshape(-1, 1).astype(np.float32), logits.reshape(-1, 1)
+    )
+    assert float(theirs) == pytest.approx(62.5, rel=1e-6)  # -log(1e-7) = 16.1 was the old cap
 
 
 def test_validation_metrics_do_not_depend_on_order() -> None:
     rng = np.random.default_rng(1)
-    labels, probabilities = rng.integers(0, 2, 64), rng.uniform(0, 1, 64)
+    labels, logits = rng.integers(0, 2, 64), rng.normal(0, 2, 64)
     order = rng.permutation(64)
-    assert validation_metrics(labels, probabilities) == pytest.approx(
-        validation_metrics(labels[order], probabilities[order]), rel=1e-12
+    assert validation_metrics(labels, logits) == pytest.approx(
+        validation_metrics(labels[order], logits[order]), rel=1e-12
     )
 
 
-def test_validation_with_nan_has_nan_loss_and_counts_nan_as_wrong() -> None:
-    values = validation_metrics(np.array([1, 0, 1]), np.array([0.9, 0.2, math.nan]))
+def test_validation_with_nan_has_nan_loss_and_counts_nan_as_normal() -> None:
+    values = validation_metrics(np.array([1, 0, 1, 0]), np.array([2.0, -1.0, math.nan, math.nan]))
     assert math.isnan(values["val_loss"])
-    assert values["val_accuracy"] == pytest.approx(2 / 3)
+    assert values["val_accuracy"] == pytest.approx(3 / 4)  # the NaN NORMAL image is right
+
+
+def test_probabilities_outside_zero_one_are_refused() -> None:
+    with pytest.raises(ValueError, match="logit"):
+        point_metrics([0, 1], [-2.0, 3.0])

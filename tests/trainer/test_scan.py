@@ -42,9 +42,9 @@ def write_kaggle_download(folder: Path, **options) -> WrittenDataset:
         ("IM-0523-0001-0002", "IM-0523"),
         ("NORMAL2-IM-1427-0001", "NORMAL2-IM-1427"),
         ("NORMAL2-IM-0983-0001-0002", "NORMAL2-IM-0983"),
-        ("person1946_bacteria_4874", "person1946"),
-        ("person1180_virus_2010", "person1180"),
-        ("person447_virus_921_1", "person447"),
+        ("person1946_bacteria_4874", "person1946_bacteria"),
+        ("person1180_virus_2010", "person1180_virus"),
+        ("person447_virus_921_1", "person447_virus"),
         ("scan 2018-03-01", None),
         ("IM-0115", None),
         ("person12", None),
@@ -52,7 +52,15 @@ def write_kaggle_download(folder: Path, **options) -> WrittenDataset:
     ],
 )
 def test_patient_id_reads_the_three_naming_schemes(stem: str, patient: str | None) -> None:
-    assert patient_id(stem) == patient
+    assert patient_id(stem) == patient == patient_id(stem, key="person-type")
+
+
+def test_the_person_key_merges_bacterial_and_viral_cases_of_one_number() -> None:
+    assert patient_id("person1946_bacteria_4874", key="person") == "person1946"
+    assert patient_id("person1946_virus_3", key="person") == "person1946"
+    assert patient_id("IM-0115-0001", key="person") == "IM-0115"
+    with pytest.raises(ValueError, match="person-type"):
+        patient_id("IM-0115-0001", key="number")
 
 
 def test_scan_finds_every_image_with_label_patient_and_part(make_dataset) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from tests.conftest import paper_pool
 from trainer import PAPER_COUNTS, PART_NAMES, ImageRecord, InputError, split_records
-from trainer._split import limit_parts, shared_patients
+from trainer._split import limit_parts, shared_patients, with_patient_key
 
 
 def _counts(records, parts) -> dict[str, tuple[int, int]]:
@@ -37,6 +38,57 @@ def test_paper_split_gives_table_2_exactly_on_the_full_pool(seed: int) -> None:
         for name, row in zip(PART_NAMES, PAPER_COUNTS, strict=True)
     }
     _assert_partition(records, parts)
+
+
+def _shared_numbers(seed: int) -> tuple[ImageRecord, ...]:
+    """``paper_pool`` with PNEUMONIA person numbers halved, so that about half the numbers carry
+    a bacterial and a viral series, as in the real dataset (808 of 1,642 in its train folder)."""
+    renamed = []
+    for record in paper_pool(seed):
+        folder, name = record.path.split("/")
+        if name.startswith("person"):
+            number, rest = name[len("person") :].split("_", 1)
+            name = f"person{int(number) // 2}_{rest}"
+        renamed.append(dataclasses.replace(record, path=f"{folder}/{name}"))
+    return tuple(renamed)
+
+
+@pytest.mark.parametrize("key", ["person-type", "person"])
+def test_paper_split_gives_table_2_and_no_shared_patient_under_either_key(key: str) -> None:
+    records = with_patient_key(_shared_numbers(0), key)
+    parts = split_records(records, "paper", seed=0)
+    assert _counts(records, parts) == {
+        name: tuple(int(n) for n in row)
+        for name, row in zip(PART_NAMES, PAPER_COUNTS, strict=True)
+    }
+    _assert_partition(records, parts)
+
+
+def test_the_keys_differ_only_where_one_number_has_both_infection_types() -> None:
+    records = _shared_numbers(0)
+    by_type, by_person = (
+        with_patient_key(records, "person-type"),
+        with_patient_key(records, "person"),
+    )
+    types_of: dict[str, set[str]] = {}
+    for record in by_type:
+        number, _, kind = record.patient.partition("_")
+        types_of.setdefault(number, set()).add(kind)
+    both = sum(kinds == {"bacteria", "virus"} for kinds in types_of.values())
+    assert both > 300
+    assert len({r.patient for r in by_type}) - len({r.patient for r in by_person}) == both
+    # Under the finer key a split may put person N's bacterial and viral series apart.
+    parts = split_records(by_type, "paper", seed=0)
+    assert shared_patients(by_person, parts)
+
+
+def test_paper_by_image_gives_table_2_and_splits_patients() -> None:
+    records = paper_pool(0)
+    parts = split_records(records, "paper-by-image", seed=0)
+    assert _counts(records, parts) == _counts(records, split_records(records, "paper", seed=0))
+    assert sorted(i for members in parts.values() for i in members) == list(range(len(records)))
+    assert len(shared_patients(records, parts)) > 300  # the leak it is there to measure
+    assert split_records(records, "paper-by-image", seed=0) == parts
 
 
 def test_split_is_a_pure_function_of_records_and_seed() -> None:

@@ -16,14 +16,18 @@ import keras
 import numpy as np
 import pytest
 
+from tests.trainer.conftest import BACKEND
 from trainer import (
     CellConfig,
     CellResult,
+    ConfigError,
     DataConfig,
     InputError,
     binary_metrics,
     load_checkpoint,
     load_dataset,
+    save_checkpoint,
+    set_up_cell,
     train_cell,
 )
 
@@ -34,6 +38,8 @@ METRICS = (
     "specificity",
     "f1",
     "roc_auc",
+    "brier",
+    "collapsed",
     "tn",
     "fp",
     "fn",
@@ -53,6 +59,7 @@ def _config(data: DataConfig, out: Path, **changes: Any) -> CellConfig:
         "image_size": 32,
         "model": "small_cnn",
         "weights": "none",
+        "backend": BACKEND,
     }
     return CellConfig(**{**values, **changes})
 
@@ -88,6 +95,7 @@ def test_result_fields_and_files(straight: CellResult, data: DataConfig) -> None
     best = max(straight.history, key=lambda r: (r["val_accuracy"], -r["val_loss"], -r["epoch"]))
     assert straight.best == {k: best[k] for k in ("epoch", "val_loss", "val_accuracy")}
     assert straight.test["weights"] == "last" and straight.test["epoch"] == 2
+    assert straight.trainable_parameters == 16 * 28 + 32 * 145 + 64 * 289 + 65  # every layer
     assert set(METRICS) <= set(straight.test)
     assert (
         straight.test["tn"] + straight.test["fp"] + straight.test["fn"] + straight.test["tp"] == 14
@@ -198,15 +206,19 @@ def test_a_damaged_checkpoint_is_ignored_and_the_cell_starts_afresh(
     assert _outcome(again) == _outcome(straight)
 
 
-def test_an_existing_checkpoint_needs_resume_and_the_same_cell(
-    straight: CellResult, data: DataConfig
+def test_an_existing_checkpoint_needs_resume_and_one_of_another_cell_is_set_aside(
+    straight: CellResult, data: DataConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    out = Path(straight.config.out_dir)
+    out = tmp_path / "cell"
+    shutil.copytree(straight.config.out_dir, out)
     with pytest.raises(InputError, match="--resume"):
         train_cell(_config(data, out))
-    with pytest.raises(InputError, match="learning_rate") as error:
-        train_cell(_config(data, out, learning_rate=0.1), resume=True)
-    assert "\n" not in str(error.value)
+    other = train_cell(_config(data, out, learning_rate=0.1), resume=True)
+    assert other.epochs_run == 2 and other.config.learning_rate == 0.1
+    (aside,) = tmp_path.glob("cell.set-aside-*/checkpoint.npz")
+    kept = load_checkpoint(aside)
+    assert kept is not None and kept.state["resume_key"]["learning_rate"] == 0.003
+    assert "is of another cell (differs in learning_rate)" in caplog.text
 
 
 def test_the_hook_sees_every_epoch_and_can_stop_the_cell(data: DataConfig, tmp_path: Path) -> None:
@@ -227,10 +239,13 @@ def test_a_nan_loss_is_a_result_not_a_crash(data: DataConfig, tmp_path: Path) ->
     result = train_cell(_config(data, tmp_path, learning_rate=1e10, epochs=3))
     assert result.diverged and result.diverged_epoch == 1 and result.epochs_run == 1
     assert result.history[0]["loss"] is None or not math.isfinite(result.history[0]["loss"])
-    assert result.test["roc_auc"] is None and "NaN" in result.test["undefined"]["roc_auc"]
+    # NaN predicts NORMAL, as Keras's accuracy counts it: 6 of the 14 validation images.
+    assert result.history[0]["val_accuracy"] == pytest.approx(6 / 14)
+    assert result.test["roc_auc"] == 0.5 and result.test["collapsed"] is True
+    assert result.test["accuracy"] == pytest.approx(6 / 14) and result.test["f1"] == 0.0
     saved = json.loads((tmp_path / "result.json").read_text())  # strict JSON: no NaN
     assert saved["diverged"] is True and saved["history"][0]["loss"] is None
-    assert saved["test"]["roc_auc"] is None
+    assert saved["test"]["roc_auc"] == 0.5
     # Resuming a diverged cell trains no further.
     again = train_cell(_config(data, tmp_path, learning_rate=1e10, epochs=3), resume=True)
     assert again.epochs_run == 1 and again.diverged_epoch == 1
@@ -244,6 +259,61 @@ def test_best_weights_are_tested_when_asked(data: DataConfig, tmp_path: Path) ->
     assert best is not None and best.optimizer_variables == ()
 
 
+@pytest.fixture(scope="module")
+def frozen(data: DataConfig, tmp_path_factory: pytest.TempPathFactory) -> CellResult:
+    return train_cell(_config(data, tmp_path_factory.mktemp("frozen"), freeze_base=True))
+
+
+def test_a_frozen_base_trains_the_head_alone_and_resumes_exactly(
+    frozen: CellResult, straight: CellResult, data: DataConfig, tmp_path: Path
+) -> None:
+    assert frozen.trainable_parameters == 65 and frozen.config.freeze_base is True
+    assert (
+        json.loads(Path(frozen.config.out_dir, "result.json").read_text())["trainable_parameters"]
+        == 65
+    )
+    assert _outcome(frozen)["history"] != _outcome(straight)["history"]
+
+    def crash(epoch: int, logs: dict[str, Any]) -> bool:
+        raise _Crash
+
+    with pytest.raises(_Crash):
+        train_cell(_config(data, tmp_path, freeze_base=True), crash)
+    resumed = train_cell(_config(data, tmp_path, freeze_base=True), resume=True)
+    assert _outcome(resumed) == _outcome(frozen)
+
+
+def test_a_checkpoint_from_before_the_new_keys_resumes_as_the_old_protocol(
+    data: DataConfig, tmp_path: Path
+) -> None:
+    """Old checkpoints lack freeze_base, backend and data.patient_key in their resume key;
+    they meant fine-tuning, TensorFlow and the merged "person" key."""
+    old = dataclasses.replace(data, patient_key="person")
+    config = _config(old, tmp_path, backend="tensorflow")
+    if config.backend != BACKEND:
+        pytest.skip("old checkpoints are TensorFlow's")
+    first = train_cell(dataclasses.replace(config, epochs=1))
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert checkpoint is not None
+    state = dict(checkpoint.state)
+    key = {k: v for k, v in state["resume_key"].items() if k not in ("freeze_base", "backend")}
+    key["data"] = {k: v for k, v in key["data"].items() if k != "patient_key"}
+    model = set_up_cell(config).model
+    checkpoint.restore(model)
+    save_checkpoint(tmp_path / "checkpoint.npz", model, {**state, "resume_key": key})
+    resumed = train_cell(config, resume=True)
+    assert resumed.history[0] == first.history[0] and resumed.epochs_run == 2
+
+
+def test_a_cell_refuses_a_backend_other_than_the_loaded_one(
+    data: DataConfig, tmp_path: Path
+) -> None:
+    other = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
+    with pytest.raises(ConfigError, match=f"KERAS_BACKEND={other}") as error:
+        train_cell(_config(data, tmp_path, backend=other))
+    assert error.value.key == "backend" and "\n" not in str(error.value)
+
+
 @pytest.mark.slow
 def test_inception_v3_cell_at_75_px(make_dataset, cache_dir: str, tmp_path: Path) -> None:
     root = make_dataset(parts={"train": (6, 6), "val": (3, 3), "test": (3, 3)}).root
@@ -255,6 +325,7 @@ def test_inception_v3_cell_at_75_px(make_dataset, cache_dir: str, tmp_path: Path
         epochs=1,
         image_size=75,
         weights="none",
+        backend=BACKEND,
     )
     result = train_cell(config)
     assert result.config.model == "inception_v3" and result.epochs_run == 1

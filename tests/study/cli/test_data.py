@@ -41,6 +41,19 @@ def test_check_prints_a_table_2_style_table(make_dataset) -> None:
     assert "names outside the dataset's schemes: 1" in result.stdout
 
 
+def test_check_says_plainly_that_the_leakage_control_leaks(make_dataset) -> None:
+    root = str(make_dataset(layout="flat", parts={"train": (40, 60)}).root)
+    table = lrstudy("data", "check", root, "--split", "paper-by-image", "--patient-key", "person")
+    assert table.returncode == 0, table.stderr
+    assert "patient key person" in table.stdout
+    assert "LEAKS: split 'paper-by-image' ignores patients on purpose" in table.stdout
+    report = json.loads(
+        lrstudy("data", "check", root, "--split", "paper-by-image", "--json").stdout
+    )
+    assert report["leak"].startswith("LEAKS: ") and report["patient_key"] == "person-type"
+    assert json.loads(lrstudy("data", "check", root, "--json").stdout)["leak"] is None
+
+
 def test_check_json_has_the_documented_keys(make_dataset) -> None:
     written = make_dataset(stray=True)
     result = lrstudy("data", "check", str(written.root), "--split", "ratios", "--json",
@@ -125,7 +138,8 @@ def test_check_reports_the_kaggle_archive_copies_it_left_out(tmp_path) -> None:
     [
         (
             ["--split", "official"],
-            '--split must be one of "kaggle", "paper", "ratios"; got \'official\'',
+            '--split must be one of "kaggle", "paper", "ratios", "paper-by-image"; '
+            "got 'official'",
         ),
         (["--split", "ratios", "--ratios", "0.7,0.3"], "--ratios must be three"),
         (["--ratios", "0.5,0.5,0.5"], "--ratios must be 3 numbers that sum to 1"),

@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from study.grid import cell_states, load_grid_study, run_worker
+from study.grid import cell_states, load_grid_study, run_worker, study_uid
 from study.grid._attrs import SPEC as SPEC_ATTR
 from study.grid._attrs import SPEC_FINGERPRINT as FINGERPRINT_ATTR
 from study.spec import load_preset, load_spec
@@ -241,9 +241,13 @@ def test_status_shows_waiting_and_failed_cells(tmp_path: Path, setup: dict) -> N
     lines = fresh.stdout.splitlines()
     assert lines[0] == "study quick: 0/12 complete, 0 running, 12 waiting, 0 failed"
     assert lines[1].split() == ["learning_rate", "seed", "state", "trial", "detail"]
-    assert [line.split()[:3] for line in lines[2:]] == [
+    assert [line.split()[:3] for line in lines[2:14]] == [
         [lr, seed, "waiting"] for lr in ("0.1", "0.01", "0.001", "0.0001") for seed in "012"
     ]
+    uid = study_uid(load_grid_study(setup["url"], "quick"))
+    assert uid is not None
+    folder = tmp_path / "artifacts" / f"quick-{uid[:8]}"
+    assert lines[14:] == ["", f"study id {uid}, files in {folder}"]
     # The images vanish: every cell fails, is retried once, and fails for good.
     shutil.rmtree(data)
     worker = lrstudy(
@@ -253,9 +257,12 @@ def test_status_shows_waiting_and_failed_cells(tmp_path: Path, setup: dict) -> N
     failed = lrstudy("status", "--storage", setup["url"], "--study", "quick")
     lines = failed.stdout.splitlines()
     assert lines[0] == "study quick: 0/12 complete, 0 running, 0 waiting, 12 failed"
-    for line in lines[2:]:
+    for line in lines[2:14]:
         assert line.split()[2] == "failed"
-        assert "retries 1: " in line and str(data) in line
+        assert "retries 1: " in line and str(data) in line and "(traceback: " in line
+    assert lines[16].startswith("12 cells failed for good: ")
+    retry = f"lrstudy retry --storage '{setup['url']}' --study quick"
+    assert lines[17:] == [f"fix the cause, then: {retry}"]
 
 
 def test_status_shows_a_running_cell_with_its_worker_and_epoch(setup: dict) -> None:

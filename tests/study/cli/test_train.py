@@ -52,6 +52,15 @@ def test_train_writes_its_files_and_prints_the_metrics(data_dir: Path, tmp_path:
     assert "epoch 2/2" in done.stderr  # the log line of each epoch
 
 
+def test_backend_and_freeze_base_flags_reach_the_cell(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cell"
+    done = _run(_args(data_dir, out, "--epochs", "1", "--backend", "jax", "--freeze-base"))
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["config"]["backend"] == result["environment"]["backend"] == "jax"
+    assert result["config"]["freeze_base"] is True and result["trainable_parameters"] == 65
+
+
 def test_training_again_into_the_same_folder_needs_resume(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "cell"
     assert _run(_args(data_dir, out, "--epochs", "1")).returncode == 0
@@ -108,6 +117,8 @@ def test_a_killed_cell_resumes_to_the_result_of_a_straight_run(
         (["--weights", "missing.h5"], ["weights", "'missing.h5'"]),
         (["--split", "random"], ["split", "'random'"]),
         (["--ratios", "0.5,0.5"], ["--ratios", "'0.5,0.5'"]),
+        (["--backend", "torch"], ["--backend", '"tensorflow", "jax"', "'torch'"]),
+        (["--patient-key", "id"], ["--patient-key", '"person-type", "person"', "'id'"]),
     ],
 )
 def test_bad_values_end_in_one_line_and_exit_code_2(

@@ -10,7 +10,8 @@ import optuna
 import pytest
 
 from storage import open_storage
-from study.grid import CellObjective
+from study.grid import CellObjective, create_from_spec, spec_from_study
+from study.grid._attrs import SPEC
 from study.spec import StudySpec, cell_config, cell_key, check_cells, load_preset
 from trainer import InputError
 
@@ -101,7 +102,10 @@ def test_a_diverged_cell_is_a_complete_result(
     assert trial.user_attrs["diverged"] is True
     assert trial.user_attrs["diverged_epoch"] == 1
     assert trial.user_attrs["history"]["loss"] == [None]  # NaN, stored as JSON null
-    assert trial.value == trial.user_attrs["final"]["val_accuracy"]  # NaN predictions: wrong
+    # NaN predicts NORMAL, as Keras's accuracy counts it: 6 of the 14 validation images.
+    assert trial.value == trial.user_attrs["final"]["val_accuracy"] == pytest.approx(6 / 14)
+    assert trial.user_attrs["test"]["collapsed"] is True
+    assert trial.user_attrs["test_roc_auc"] == 0.5
 
 
 def test_a_cell_resumes_from_its_checkpoint(
@@ -127,6 +131,36 @@ def test_the_objective_pickles_for_worker_processes() -> None:
     spec = load_preset("paper", ["data.root=/data"])
     objective = pickle.loads(pickle.dumps(CellObjective(spec)))
     assert objective.spec == spec
+
+
+def test_the_freeze_base_axis_doubles_the_grid_and_reaches_the_cells(dataset_dir: Path) -> None:
+    spec = load_preset("paper", ["grid.freeze_base=[false, true]", f"data.root={dataset_dir}"])
+    assert len(spec.cells()) == 24
+    frozen = {cell_config(spec, params).freeze_base for params in spec.cells()}
+    assert frozen == {False, True}
+
+
+def test_a_study_stored_before_the_new_keys_loads_as_the_protocol_it_ran(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    spec = load_preset("paper", ["study.name=old", "data.patient_key=person"])
+    spec = spec.with_locations(storage=url)
+    study, created = create_from_spec(open_storage(url), spec)
+    assert created
+    stored = study.user_attrs[SPEC]
+    for section, key in (("train", "freeze_base"), ("train", "backend"), ("data", "patient_key")):
+        del stored[section][key]
+    study.set_user_attr(SPEC, stored)  # as a study made before these keys existed holds it
+    old = spec_from_study(study, url)
+    assert (old.train.freeze_base, old.train.backend) == (False, "tensorflow")
+    assert old.data.patient_key == "person"  # the merged key old studies split by
+    # The same protocol given again opens it (the stored fingerprint predates the keys) ...
+    assert create_from_spec(open_storage(url), spec)[1] is False
+    # ... and another one is refused, naming the key.
+    with pytest.raises(InputError, match=r"data\.patient_key \(stored 'person', given"):
+        create_from_spec(open_storage(url), load_preset("paper", ["study.name=old"]))
+    with pytest.raises(InputError, match=r"train\.backend \(stored 'tensorflow', given 'jax'"):
+        jax = ["study.name=old", "data.patient_key=person", "train.backend=jax"]
+        create_from_spec(open_storage(url), load_preset("paper", jax).with_locations(storage=url))
 
 
 def test_cell_configs_follow_the_grid(tmp_path: Path, dataset_dir: Path) -> None:

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+import scipy.stats
 from optuna.artifacts import FileSystemArtifactStore
 from optuna_dashboard import get_note
 from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
 
-from study.grid import ARTIFACT_FOLDER, load_grid_study
-from study.results import FIGURE_ID, refresh_views
+from study.grid import ARTIFACT_FOLDER, load_grid_study, study_folder, study_uid
+from study.results import FIGURE_ID, TEST_FIGURE_ID, refresh_views
 from tests.study.results.results_study import DIVERGED_CELL, LEARNING_RATES, STUDY, build_study
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -31,7 +32,7 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]  # fmt: skip
-LABELS = [f"learning rate {lr:g}" for lr in LEARNING_RATES]
+LABELS = [f"lr {lr:g}" for lr in LEARNING_RATES]
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +50,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def stored_figure(study: optuna.Study) -> dict:
+def stored_figure(study: optuna.Study, figure_id: str = FIGURE_ID) -> dict:
     figures = get_plotly_graph_objects(study._storage.get_study_system_attrs(study._study_id))
-    assert list(figures) == [FIGURE_ID]
-    return json.loads(figures[FIGURE_ID])
+    assert sorted(figures) == sorted([FIGURE_ID, TEST_FIGURE_ID])
+    return json.loads(figures[figure_id])
+
+
+def key_line(figure: dict) -> str:
+    """The line under the title that says the state of the grid and how to read the figure."""
+    (key,) = [a["text"] for a in figure["layout"]["annotations"] if "cells" in a["text"]]
+    return key
 
 
 def test_each_trial_has_flat_metrics_and_its_files_as_artifacts(finished) -> None:
     url, artifacts = finished
-    store = FileSystemArtifactStore(str(artifacts / STUDY / ARTIFACT_FOLDER))
+    folder = study_folder(artifacts, STUDY, study_uid(load_grid_study(url, STUDY)))
+    store = FileSystemArtifactStore(str(folder / ARTIFACT_FOLDER))
     for trial in optuna.load_study(study_name=STUDY, storage=url).trials:
         attrs = trial.user_attrs
         assert attrs["val_loss"] == attrs["final"]["val_loss"]
@@ -69,7 +77,9 @@ def test_each_trial_has_flat_metrics_and_its_files_as_artifacts(finished) -> Non
             if key.startswith("artifacts:")
         ]
         files = {meta["filename"]: meta["artifact_id"] for meta in metas}
-        assert sorted(files) == ["history.csv", "predictions.csv", "result.json"]
+        assert sorted(files) == [
+            "history.csv", "predictions.csv", "result.json", "val_predictions.csv"
+        ]  # fmt: skip
         for name, artifact_id in files.items():
             with store.open_reader(artifact_id) as reader:
                 assert reader.read() == (Path(attrs["out_dir"]) / name).read_bytes()
@@ -78,34 +88,58 @@ def test_each_trial_has_flat_metrics_and_its_files_as_artifacts(finished) -> Non
     assert diverged[0].user_attrs["val_loss"] is None
 
 
-def test_the_figure_compares_all_rates_per_epoch_with_sd_bands(finished) -> None:
+def test_the_figure_shows_each_seed_the_mean_and_its_95_interval(finished) -> None:
     url, _ = finished
     study = load_grid_study(url, STUDY)
     refresh_views(study)
-    refresh_views(study)  # rewriting keeps one figure, not a second copy
+    refresh_views(study)  # rewriting keeps one figure per id, not a second copy
     figure = stored_figure(study)
     lines = [trace for trace in figure["data"] if trace.get("mode") == "lines+markers"]
     assert sorted({t["name"] for t in lines}) == sorted(LABELS)
     assert [t["name"] for t in lines if t["showlegend"]] == LABELS
-    assert "12 of 12 cells complete" in figure["layout"]["title"]["text"]
-    # Recompute epoch means and SDs of one rate from stock Optuna.
+    # A title that fits a half-width card; the grid's state and the key on the line below.
+    assert len(figure["layout"]["title"]["text"]) <= 40
+    assert key_line(figure).startswith("12/12 cells") and "95% t-interval" in key_line(figure)
+    # Recompute epoch means and Student-t 95% intervals of one rate from stock Optuna.
     trials = [
         t for t in optuna.load_study(study_name=STUDY, storage=url).trials
         if t.params["learning_rate"] == 0.001
     ]  # fmt: skip
+    t975 = scipy.stats.t.ppf(0.975, df=len(trials) - 1)
     for metric, axis in (("val_accuracy", "x"), ("val_loss", "x2")):
-        per_epoch = list(zip(*(t.user_attrs["history"][metric] for t in trials), strict=True))
+        per_seed = [t.user_attrs["history"][metric] for t in trials]
+        per_epoch = list(zip(*per_seed, strict=True))
         means = [statistics.mean(values) for values in per_epoch]
-        sds = [statistics.stdev(values) for values in per_epoch]
+        halves = [t975 * statistics.stdev(v) / len(v) ** 0.5 for v in per_epoch]
         (line,) = [t for t in lines if t["name"] == LABELS[2] and t["xaxis"] == axis]
         assert line["x"] == list(range(1, len(means) + 1))
         assert line["y"] == pytest.approx(means)
-        (band,) = [
-            t for t in figure["data"]
-            if t.get("fill") == "toself" and t["legendgroup"] == LABELS[2] and t["xaxis"] == axis
+        group = [t for t in figure["data"] if t.get("legendgroup") == line["legendgroup"]]
+        seeds = [
+            t["y"] for t in group
+            if t.get("mode") == "lines" and "fill" not in t and t["xaxis"] == axis
         ]  # fmt: skip
+        assert sorted(seeds) == sorted(per_seed)  # each seed's own curve, behind the mean
+        (band,) = [t for t in group if t.get("fill") == "toself" and t["xaxis"] == axis]
         upper = band["y"][: len(means)]
-        assert upper == pytest.approx([m + s for m, s in zip(means, sds, strict=True)])
+        assert upper == pytest.approx([m + h for m, h in zip(means, halves, strict=True)])
+
+
+def test_the_test_figure_has_a_point_per_seed_and_an_interval_per_rate(finished) -> None:
+    url, _ = finished
+    study = load_grid_study(url, STUDY)
+    refresh_views(study)
+    figure = stored_figure(study, TEST_FIGURE_ID)
+    trials = optuna.load_study(study_name=STUDY, storage=url).trials
+    accuracy = [t for t in figure["data"] if t["xaxis"] == "x"]
+    points = [t for t in accuracy if t["marker"]["size"] == 7]
+    assert [t["x"][0] for t in points] == [f"{lr:g}" for lr in LEARNING_RATES]
+    for trace, lr in zip(points, LEARNING_RATES, strict=True):
+        expected = [t.user_attrs["test"]["accuracy"] for t in trials
+                    if t.params["learning_rate"] == lr and t.state.name == "COMPLETE"]  # fmt: skip
+        assert sorted(trace["y"]) == pytest.approx(sorted(expected))
+        (mean,) = [t for t in accuracy if t["marker"]["size"] == 12 and t["x"] == trace["x"][:1]]
+        assert mean["y"][0] == pytest.approx(statistics.mean(expected))
 
 
 def test_the_note_has_protocol_tables_and_the_plain_sentence(finished) -> None:
@@ -115,7 +149,7 @@ def test_the_note_has_protocol_tables_and_the_plain_sentence(finished) -> None:
     note = get_note(study)
     assert "**Protocol:** inception_v3 (imagenet weights), 224 px, 4 epochs, batch 8" in note
     assert "12 of 12 cells complete" in note
-    assert results.headline() in note and "Welch's t-test" in note
+    assert results.headline() in note and "paired t-tests over seeds, Holm-corrected" in note
     for title in ("(Table 4)", "(Table 5)", "(Table 6)"):
         assert title in note
 
@@ -125,10 +159,9 @@ def test_views_of_a_running_study_say_what_is_missing(tmp_path: Path) -> None:
     study = build_study(url, tmp_path / "artifacts", stop_after=5)
     results = refresh_views(load_grid_study(url, STUDY))
     assert results.complete == 5
-    title = stored_figure(study)["layout"]["title"]["text"]
-    assert "5 of 12 cells complete" in title
+    assert key_line(stored_figure(study)).startswith("5/12 cells")
     note = get_note(study)
-    assert "Not yet in the tables:" in note
+    assert "not yet in the tables:" in note
     assert note.count("(waiting)") == 7
 
 
@@ -202,6 +235,19 @@ def chromium_or_skip():
     return sync_playwright
 
 
+# Each Plotly figure on the page: its title text's box and the plot's box, in page pixels.
+FIGURE_TITLE_BOXES = """
+() => [...document.querySelectorAll('.js-plotly-plot')].map((plot) => {
+  const title = plot.querySelector('.gtitle');
+  const main = plot.querySelector('svg.main-svg');
+  if (!title || !main) return null;
+  const t = title.getBoundingClientRect(), p = main.getBoundingClientRect();
+  return {text: title.textContent, title_left: t.left, title_right: t.right,
+          plot_left: p.left, plot_right: p.right};
+}).filter((box) => box !== null)
+"""
+
+
 def test_the_dashboard_shows_12_trials_the_figure_and_the_note(
     served: tuple[str, int], tmp_path: Path
 ) -> None:
@@ -220,21 +266,28 @@ def test_the_dashboard_shows_12_trials_the_figure_and_the_note(
             page.get_by_text("predictions.csv").first.wait_for()
 
             page.goto(f"{base}/dashboard/studies/{study_id}")
-            page.get_by_text("Learning rates compared: mean ± 1 SD over seeds").wait_for(
-                timeout=60_000
-            )
+            for title in ("Learning rates: validation curves", "Learning rates: test metrics"):
+                page.get_by_text(title).wait_for(timeout=60_000)
             for label in LABELS:
-                page.get_by_text(label, exact=True).wait_for()
-            page.get_by_text("Validation loss", exact=True).wait_for()
+                page.get_by_text(label, exact=True).first.wait_for()
+            # Every figure's title lies wholly inside its plot, so nothing of it is cut.
+            boxes = page.evaluate(FIGURE_TITLE_BOXES)
+            assert len(boxes) >= 2
+            for box in boxes:
+                assert box["title_right"] <= box["plot_right"] + 0.5, box
+                assert box["title_left"] >= box["plot_left"] - 0.5, box
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 50_000
+            if os.environ.get("LRSTUDY_README_SCREENSHOT"):
+                (ROOT / "docs" / "img" / "dashboard.png").write_bytes(shot.read_bytes())
 
             page.goto(f"{base}/dashboard/studies/{study_id}/note")
             page.get_by_text("Validation accuracy (Table 4)").wait_for(timeout=60_000)
-            page.get_by_text(
-                re.compile(r"has the highest mean validation accuracy")
-            ).first.wait_for()
+            page.get_by_text("Reading this page").wait_for()
+            result = page.get_by_text(re.compile(r"has the highest mean validation accuracy"))
+            result.first.wait_for()
+            assert "Holm-corrected" in result.first.inner_text()
             page.screenshot(path=str(tmp_path / "note.png"), full_page=True)
         finally:
             browser.close()

@@ -1,4 +1,5 @@
-"""Statistics over seeds: sample SD, Student-t intervals, and an honest sentence on the lead."""
+"""Statistics over seeds: sample SD, Student-t intervals, paired tests of every pair with Holm's
+correction, and an honest sentence on the lead."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import statistics
 
 import pytest
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
-from study.results import compare, per_epoch, summarize
+from study.results import PairedTest, Ranking, paired_over_seeds, per_epoch, rank, summarize
+from study.results._paired import seeds_needed
 
 # Kim & Ye (2022), one learning rate's validation accuracy over three seeds (Table 4).
 PAPER_SEEDS = [0.9919, 0.9181, 0.9214]
@@ -46,76 +49,119 @@ def test_undefined_values_are_counted_not_averaged() -> None:
     assert (empty.mean, empty.n, empty.undefined) == (None, 0, 1)
 
 
-def test_a_lead_smaller_than_the_spread_is_not_called_significant() -> None:
+def ranked(
+    values: dict[str, list[float | None]],
+    *,
+    higher_is_better: bool = True,
+    diverged: dict[str, list[bool]] | None = None,
+) -> tuple[Ranking | None, list[PairedTest]]:
+    """Rank groups given their values per seed (seed = position), as the export does."""
+    tests = paired_over_seeds({k: dict(enumerate(v)) for k, v in values.items()}, "metric")
+    summaries = {k: summarize(v, (diverged or {}).get(k, ())) for k, v in values.items()}
+    ranking = rank(summaries, tests, "validation accuracy", higher_is_better=higher_is_better)
+    return ranking, tests
+
+
+def test_a_left_out_value_of_a_diverged_seed_is_named() -> None:
+    summary = summarize([0.5, None, 0.7], [False, True, False])
+    assert (summary.n, summary.undefined, summary.diverged) == (2, 1, 1)
+    assert summary.left_out() == "1 of 3 diverged"
+    mixed = summarize([None, math.nan, 0.7], [True, False, False])
+    assert mixed.left_out() == "1 of 3 diverged, 1 of 3 undefined"
+    assert summarize([0.5, 0.7]).left_out() is None
+
+
+def test_every_pair_is_tested_over_shared_seeds_with_holm_across_pairs() -> None:
+    values = {
+        "a": [0.90, 0.92, 0.91, 0.95],
+        "b": [0.85, 0.90, None, 0.88],
+        "c": [0.70, 0.75, 0.72, 0.71],
+    }
+    tests = paired_over_seeds({k: dict(enumerate(v)) for k, v in values.items()}, "val_accuracy")
+    assert [(t.a, t.b) for t in tests] == [("a", "b"), ("a", "c"), ("b", "c")]
+    for test in tests:
+        shared = [i for i in range(4) if values[test.a][i] is not None and values[test.b][i]]
+        x = [values[test.a][i] for i in shared]
+        y = [values[test.b][i] for i in shared]
+        expected = stats.ttest_rel(x, y)
+        assert (test.n, test.seed, test.test) == (len(shared), None, "paired t")
+        assert test.p == pytest.approx(expected.pvalue)
+        assert test.statistic == pytest.approx(expected.statistic)
+        differences = [u - v for u, v in zip(x, y, strict=True)]
+        assert test.difference == pytest.approx(statistics.mean(differences))
+        needed = seeds_needed(statistics.mean(differences), statistics.stdev(differences))
+        assert test.details["seeds_needed"] == needed.seeds
+    holm = multipletests([t.p for t in tests], method="holm")[1]
+    assert [t.p_holm for t in tests] == pytest.approx(list(holm))
+
+
+def test_a_lead_significant_after_holm_ranks_first() -> None:
+    ranking, tests = ranked(
+        {
+            "b": [0.80, 0.81, 0.79, 0.805],
+            "a": [0.95, 0.96, 0.955, 0.958],
+            "c": [0.50, 0.60, 0.55, 0.52],
+        }
+    )
+    assert ranking is not None
+    assert (ranking.leader, ranking.ahead_of, ranking.not_separated) == ("a", ["b", "c"], [])
+    holm = {frozenset((t.a, t.b)): t.p_holm for t in tests}
+    assert max(holm[frozenset(("a", "b"))], holm[frozenset(("a", "c"))]) < 0.05
+    assert "By paired t-tests over seeds, Holm-corrected over the 3 pairs, it is ahead of b" in (
+        ranking.sentence
+    )
+    assert ranking.sentence.endswith("So a ranks first on this evidence.")
+    assert "Welch" not in ranking.sentence
+
+
+def test_a_gap_that_is_not_significant_says_how_many_seeds_it_needs() -> None:
     runner_up = [0.9300, 0.9050, 0.9120]
-    comparison = compare(
-        {"lr 0.001": summarize(PAPER_SEEDS), "lr 0.0001": summarize(runner_up)},
-        "validation accuracy",
+    ranking, (test,) = ranked({"lr 0.001": PAPER_SEEDS, "lr 0.0001": runner_up})
+    assert ranking is not None and ranking.not_separated == ["lr 0.0001"]
+    differences = [a - b for a, b in zip(PAPER_SEEDS, runner_up, strict=True)]
+    assert test.p == pytest.approx(stats.ttest_rel(PAPER_SEEDS, runner_up).pvalue)
+    assert test.p_holm == test.p > 0.05  # one pair: Holm changes nothing
+    needed = seeds_needed(statistics.mean(differences), statistics.stdev(differences)).seeds
+    assert needed is not None and needed > 3
+    assert (
+        f"it is not significantly ahead of lr 0.0001 (by {statistics.mean(differences):.4f}, "
+        f"p_holm = {test.p:.4f}, {needed} seeds needed)"
+    ) in ranking.sentence
+    assert "n = 3 seeds is too small to rank these" in ranking.sentence
+    assert "80% power, paired t at alpha 0.05" in ranking.sentence
+    assert ranking.sentence.endswith("So the first place is not established on this evidence.")
+
+
+def test_one_seed_is_too_small_to_rank() -> None:
+    ranking, (test,) = ranked({"a": [0.9], "b": [0.8]})
+    assert test.p is None and test.n == 1
+    assert ranking is not None and ranking.untestable == ["b"] and ranking.ahead_of == []
+    assert "no paired t-test is possible against b (only 1 seed has both; n is too small" in (
+        ranking.sentence
     )
-    welch = stats.ttest_ind(PAPER_SEEDS, runner_up, equal_var=False)
-    assert (comparison.best, comparison.runner_up) == ("lr 0.001", "lr 0.0001")
-    assert comparison.p_value == pytest.approx(welch.pvalue)
-    assert comparison.t == pytest.approx(welch.statistic)
-    assert comparison.df == pytest.approx(welch.df)
-    assert comparison.p_value >= 0.05 and not comparison.significant
-    assert "not statistically significant" in comparison.sentence
-    assert "cannot be ranked" in comparison.sentence
-    assert f"p = {welch.pvalue:.4f}" in comparison.sentence
-    assert comparison.sentence.count(".") >= 1 and "\n" not in comparison.sentence
+    assert "not established" in ranking.sentence
 
 
-def test_a_clear_lead_is_called_significant() -> None:
-    best, other = [0.95, 0.96, 0.955], [0.80, 0.81, 0.79]
-    comparison = compare(
-        {"a": summarize(other), "b": summarize(best), "c": summarize([0.5, 0.6])},
-        "validation accuracy",
-    )
-    assert (comparison.best, comparison.runner_up) == ("b", "a")
-    assert comparison.p_value == pytest.approx(
-        stats.ttest_ind(best, other, equal_var=False).pvalue
-    )
-    assert comparison.significant
-    assert "is statistically significant (p < 0.05)" in comparison.sentence
-    assert comparison.difference == pytest.approx(statistics.mean(best) - statistics.mean(other))
+def test_a_gap_without_spread_cannot_be_tested_and_equal_seeds_are_a_tie() -> None:
+    ranking, _ = ranked({"a": [0.9, 0.8], "b": [0.8, 0.7]})
+    assert ranking is not None and ranking.untestable == ["b"]
+    assert "the paired differences do not vary" in ranking.sentence
+    tie, _ = ranked({"a": [0.8, 0.9], "b": [0.8, 0.9], "c": [0.5, 0.6]})
+    assert tie is not None and "b" in tie.not_separated and "it is tied with b" in tie.sentence
+    assert ranked({"a": [0.8, 0.9], "b": [None, None]})[0] is None
 
 
-def test_a_loss_ranks_the_lowest_mean_first() -> None:
-    comparison = compare(
-        {"a": summarize([0.3, 0.31, 0.29]), "b": summarize([0.2, 0.22, 0.21])},
-        "validation loss",
+def test_a_loss_ranks_the_lowest_mean_and_names_what_diverged() -> None:
+    ranking, _ = ranked(
+        {"a": [0.30, 0.31, 0.29], "b": [0.20, None, 0.21]},
         higher_is_better=False,
+        diverged={"b": [False, True, False]},
     )
-    assert comparison.best == "b"
-    assert "lowest mean validation loss" in comparison.sentence
-
-
-@pytest.mark.parametrize(
-    ("best", "other", "reason"),
-    [
-        ([0.9], [0.8, 0.82], "single seed"),
-        ([0.9, 0.9], [0.8, 0.8], "zero spread"),
-    ],
-)
-def test_an_untestable_lead_is_not_established(best: list, other: list, reason: str) -> None:
-    comparison = compare({"a": summarize(best), "b": summarize(other)}, "validation accuracy")
-    assert comparison.p_value is None and not comparison.significant
-    assert reason in comparison.sentence
-    assert "not established" in comparison.sentence
-
-
-@pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")
-def test_one_zero_spread_side_is_still_tested() -> None:
-    comparison = compare(
-        {"a": summarize([0.9, 0.9, 0.9]), "b": summarize([0.7, 0.8, 0.75])}, "accuracy"
+    assert ranking is not None and ranking.leader == "b"
+    assert "b has the lowest mean validation accuracy (mean 0.2050, SD 0.0071, n = 2; " in (
+        ranking.sentence
     )
-    expected = stats.ttest_ind([0.9, 0.9, 0.9], [0.7, 0.8, 0.75], equal_var=False).pvalue
-    assert comparison.p_value == pytest.approx(expected)
-
-
-def test_equal_means_are_a_tie_and_one_group_is_no_comparison() -> None:
-    tie = compare({"a": summarize([0.8, 0.9]), "b": summarize([0.85, 0.85])}, "accuracy")
-    assert "tied" in tie.sentence and not tie.significant
-    assert compare({"a": summarize([0.8, 0.9]), "b": summarize([None])}, "accuracy") is None
+    assert "1 of 3 diverged)" in ranking.sentence
 
 
 def test_per_epoch_summaries_follow_runs_of_different_lengths() -> None:
