@@ -93,11 +93,14 @@ class CheckpointWriter:
         state: dict[str, Any],
         *,
         include_optimizer: bool = True,
-    ) -> None:
+    ) -> Future[None]:
+        """Snapshot now, write in the background; the future is done once the file is on disk."""
         entries = _snapshot(model, state, include_optimizer)
         while len(self._pending) > 1:
             self._pending.pop(0).result()
-        self._pending.append(self._pool.submit(_write, Path(path), entries))
+        written = self._pool.submit(_write, Path(path), entries)
+        self._pending.append(written)
+        return written
 
     def wait(self) -> None:
         """Block until every checkpoint saved so far is on disk."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from trainer import _checks
 from trainer._dataset import DataConfig
+from trainer._determinism import IF_AVAILABLE
 from trainer._errors import ConfigError
 from trainer._model import MIN_IMAGE_SIZE, MODELS, OPTIMIZERS
 
@@ -36,6 +37,12 @@ _DATA_LOCATIONS = ("root", "cache_dir")
 def _jit_compile(key: str, value: Any) -> bool | str:
     if value != "auto" and not isinstance(value, bool):
         raise ConfigError(key, '"auto", true or false', value)
+    return value
+
+
+def _deterministic(key: str, value: Any) -> bool | str:
+    if value != IF_AVAILABLE and not isinstance(value, bool):
+        raise ConfigError(key, f'true, false or "{IF_AVAILABLE}"', value)
     return value
 
 
@@ -69,7 +76,9 @@ class TrainConfig:
         optimizer: ``"adam"``, ``"sgd"`` or ``"rmsprop"``. Defaults to `"adam"`.
         test_weights: Evaluate the test part with the ``"last"`` epoch's weights or the
             ``"best"`` validation epoch's. Defaults to `"last"`, as a plain Keras run gives.
-        deterministic: Switch on the backend's deterministic kernels (slower on GPU).
+        deterministic: Switch on the backend's deterministic kernels (slower on GPU):
+            ``True``, ``False``, or ``"if-available"``, which under JAX trains without them
+            where this jaxlib has none for a max-pool gradient (a worker probes at start).
             Defaults to `True`.
         mixed_precision: Compute in float16 with float32 weights and a float32 logit head,
             the loss scaled by Keras; faster on GPUs, but results differ from float32 ones.
@@ -111,8 +120,11 @@ class TrainConfig:
         _checks.choice(TEST_WEIGHTS),
         'test the "last" or the "best" (by val_accuracy) epoch\'s weights',
     )
-    deterministic: bool = _key(
-        True, _checks.boolean, "reproducible to the last digit; slower on GPUs"
+    deterministic: bool | str = _key(
+        True,
+        _deterministic,
+        'reproducible to the last digit (slower on GPUs); "if-available": where XLA has the '
+        "kernels",
     )
     mixed_precision: bool = _key(
         False,

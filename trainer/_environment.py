@@ -12,7 +12,9 @@ from typing import Any
 _PACKAGES = ("lrstudy", "keras", "tensorflow", "jax", "jaxlib", "numpy", "scikit-learn", "optuna")
 
 
-def environment_record(*, seed: int, fingerprint: str, deterministic: bool) -> dict[str, Any]:
+def environment_record(
+    *, seed: int, fingerprint: str, deterministic: bool | str
+) -> dict[str, Any]:
     """Package versions, Keras backend, device, seed, dataset fingerprint and git commit.
 
     Versions come from installed metadata, so a backend that is not in use is not imported.

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import threading
 from typing import TYPE_CHECKING
 
 from trainer._errors import InputError
+from trainer._weights import fetch_imagenet_weights
 
 if TYPE_CHECKING:
     import keras
@@ -21,9 +19,6 @@ OPTIMIZERS = ("adam", "sgd", "rmsprop")
 MIN_IMAGE_SIZE = {"inception_v3": 75, "small_cnn": 32}
 
 # The file and host that `keras.applications.InceptionV3(weights="imagenet")` downloads from.
-_IMAGENET_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
-_IMAGENET_HOST = "storage.googleapis.com"
-_REACH_TIMEOUT_S = 5.0
 
 
 def build_model(
@@ -70,7 +65,7 @@ def build_model(
     import keras
 
     if weights == "imagenet":
-        check_imagenet_reachable()
+        fetch_imagenet_weights()  # once per machine, verified; then Keras downloads nothing
     # The policy is global in Keras; it applies to the layers built here, then is put back.
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_float16" if mixed_precision else "float32")
@@ -132,42 +127,6 @@ def build_base(model: str, image_size: int, weights: str = "none") -> keras.Mode
     if weights not in ("imagenet", "none"):
         _load_base_weights(base, weights)
     return base
-
-
-def check_imagenet_reachable() -> None:
-    """Fail at once, not after a download timeout, when ImageNet weights are unreachable.
-
-    The weights are usable when Keras's cache already holds the file or the download host
-    accepts a connection; the check runs in a thread so a hanging DNS lookup cannot stall us.
-    """
-    if imagenet_weights_cached():
-        return
-    reachable = threading.Event()
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((_IMAGENET_HOST, 443), timeout=_REACH_TIMEOUT_S):
-                reachable.set()
-        except OSError:
-            pass  # unreachable: the caller's wait below times out or sees the flag unset
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(_REACH_TIMEOUT_S)
-    if not reachable.is_set():
-        raise InputError(
-            f"--weights imagenet: cannot download {_IMAGENET_FILE} from {_IMAGENET_HOST} "
-            "(offline?); use --weights none, or copy that file here and pass its path with "
-            "--weights PATH"
-        )
-
-
-def imagenet_weights_cached() -> bool:
-    """Whether Keras's download cache (``$KERAS_HOME`` or ``~/.keras``, else /tmp) has the file."""
-    homes = [os.environ.get("KERAS_HOME"), os.path.expanduser("~/.keras"), "/tmp/.keras"]
-    return any(
-        home and os.path.isfile(os.path.join(home, "models", _IMAGENET_FILE)) for home in homes
-    )
 
 
 def _load_base_weights(base: keras.Model, path: str) -> None:

@@ -10,6 +10,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ import numpy as np
 from trainer._atomic import write_atomic
 from trainer._checkpoint import Checkpoint, CheckpointWriter, load_checkpoint, set_aside
 from trainer._config import KEYS_ADDED_LATER, CellConfig
+from trainer._determinism import deterministic_xla
 from trainer._errors import ConfigError, InputError
 from trainer._metrics import binary_metrics, sigmoid, validation_metrics
 
@@ -31,12 +33,17 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 EpochHook = Callable[[int, dict[str, Any]], bool]
-"""Called after each epoch's checkpoint as ``hook(epoch, logs)``; returning True stops training."""
+"""Called after each epoch as ``hook(epoch, logs)``; returning True stops training."""
+SavedHook = Callable[[int, dict[str, Any]], None]
+"""Called as ``on_saved(epoch, logs)`` once an epoch's checkpoint is on disk (see train_cell)."""
 
 CHECKPOINT_FILE = "checkpoint.npz"
 BEST_WEIGHTS_FILE = "best.npz"
 RESULT_FILE = "result.json"
 PREDICTIONS_FILE = "predictions.csv"
+# The validation part's probabilities from the same tested weights: the export chooses a
+# secondary threshold on them (Youden's J), never on the test part.
+VAL_PREDICTIONS_FILE = "val_predictions.csv"
 HISTORY_FILE = "history.csv"
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 _XLA_DETERMINISM_FLAG = "--xla_gpu_deterministic_ops=true"
@@ -131,11 +138,13 @@ def set_up_cell(
             weights; or what ``check_data`` raises.
         ConfigError: ``config.backend`` is not the Keras backend loaded in this process.
     """
+    from trainer._compile_cache import use_persistent_compilation_cache
     from trainer._dataset import load_dataset
-    from trainer._model import build_model, check_imagenet_reachable
+    from trainer._model import build_model
+    from trainer._weights import fetch_imagenet_weights
 
     if config.weights == "imagenet":
-        check_imagenet_reachable()  # before the dataset, whose first cache build takes minutes
+        fetch_imagenet_weights()  # before the dataset, whose first cache build takes minutes
     dataset = load_dataset(config.data, config.image_size)
     if check_data is not None:
         check_data(dataset)
@@ -151,6 +160,7 @@ def set_up_cell(
             config.backend,
             f"set KERAS_BACKEND={config.backend} before Keras is imported",
         )
+    use_persistent_compilation_cache()  # JAX: later cells load the programs the first compiled
     _share_gpu_memory()
     seed_and_determinism(config.seed, config.deterministic)
     model = build_model(
@@ -177,6 +187,7 @@ def train_cell(
     config: CellConfig,
     hook: EpochHook | None = None,
     *,
+    on_saved: SavedHook | None = None,
     resume: bool = False,
     verbose: bool = False,
 ) -> CellResult:
@@ -185,7 +196,8 @@ def train_cell(
     Each epoch is one ``model.fit`` over a feed whose batch order is a pure function of
     (seed, epoch), followed by a prediction of the validation part at ``eval_batch_size``;
     the validation metrics are computed here so they do not depend on batching. Then the
-    checkpoint is written, then ``hook(epoch, logs)`` runs and may stop training. A loss that
+    checkpoint is snapshotted and written in the background, and ``hook(epoch, logs)`` runs
+    and may stop training. A loss that
     turns NaN or infinite ends training as a result (``diverged``), checked at the end of each
     epoch. The tested weights (``test_weights``) predict the test part; ``predictions.csv``,
     ``history.csv`` and ``result.json`` go into ``config.out_dir``.
@@ -194,6 +206,11 @@ def train_cell(
         config: The cell.
         hook: Called after each epoch with its number and logs (the history row plus
             ``diverged``); returning True stops training. Defaults to `None`.
+        on_saved: Called with the same arguments once that epoch's checkpoint is on disk, in
+            epoch order, on a thread of its own, while the next epoch trains: a report made
+            there (the study's) never claims an epoch a crash could still lose, and the
+            checkpoint write (a second or so for Inception V3) stays off the training path.
+            Its errors are raised from the epoch after, or at the end. Defaults to `None`.
         resume: Continue from the checkpoint in ``out_dir`` if one is there (``epochs`` may
             grow); one of another cell is set aside and the cell starts afresh. Without it an
             existing checkpoint is an error.
@@ -230,13 +247,18 @@ def train_cell(
         state.update(previous.state)
         _logger.info("cell %s: resuming after epoch %d", _cell_name(config), _done(state))
 
-    with CheckpointWriter() as writer:  # writes overlap the next epoch; waits at the end
-        _run_epochs(model, cell.train_feed, dataset.val, config, state, writer, hook, verbose)
+    # Writes and the reports that follow them overlap the next epoch; both wait at the end.
+    with CheckpointWriter() as writer, _Reports(on_saved) as reports:
+        _run_epochs(
+            model, cell.train_feed, dataset.val, config, state, writer, hook, reports, verbose
+        )
 
     test = _test(model, dataset.test, config, state)
     trainable = sum(int(np.prod(variable.shape)) for variable in model.trainable_weights)
     predictions_path = out / PREDICTIONS_FILE
     _write_predictions(predictions_path, dataset.test, test.pop("probabilities"))
+    val_probabilities = sigmoid(_predict(model, dataset.val, config))  # the tested weights
+    _write_predictions(out / VAL_PREDICTIONS_FILE, dataset.val, val_probabilities)
     _write_history(out / HISTORY_FILE, state["history"])
     result = CellResult(
         config=config,
@@ -274,7 +296,8 @@ def _run_epochs(
     state: dict[str, Any],
     writer: CheckpointWriter,
     hook: EpochHook | None,
-    verbose: bool,
+    reports: _Reports,
+    verbose: bool = False,
 ) -> None:
     """Train from the epoch after ``state``'s last to ``config.epochs``, updating ``state``."""
     out = Path(config.out_dir)
@@ -303,20 +326,50 @@ def _run_epochs(
                 writer.save(out / BEST_WEIGHTS_FILE, model, {}, include_optimizer=False)
         row["seconds"] = time.perf_counter() - epoch_started
         state["history"].append(row)
-        writer.save(out / CHECKPOINT_FILE, model, state)
+        written = writer.save(out / CHECKPOINT_FILE, model, state)
+        logs = {**row, "diverged": state["diverged"]}
+        reports.after(written, epoch, logs)
         _logger.info(
             "cell %s epoch %d/%d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f%s",
             _cell_name(config), epoch, config.epochs, loss, accuracy, row["val_loss"],
             row["val_accuracy"], " (diverged)" if state["diverged"] else "",
         )  # fmt: skip
-        if hook is None:
-            continue
-        # The hook reports the epoch as done (the study records it): it must be on disk first,
-        # or a kill right after the report would lose two epochs instead of one.
-        writer.wait()
-        if hook(epoch, {**row, "diverged": state["diverged"]}):
+        if hook is not None and hook(epoch, logs):
             _logger.info("cell %s: stopped by the hook after epoch %d", _cell_name(config), epoch)
             return
+
+
+class _Reports:
+    """Runs ``on_saved`` for each epoch once its checkpoint is written, in order, off the
+    training thread; the first error is raised from the next ``after`` or on leaving."""
+
+    def __init__(self, on_saved: SavedHook | None) -> None:
+        self._on_saved = on_saved
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="epoch-report")
+        self._pending: list[Future[None]] = []
+
+    def after(self, written: Future[None], epoch: int, logs: dict[str, Any]) -> None:
+        for done in [report for report in self._pending if report.done()]:
+            self._pending.remove(done)
+            done.result()
+        if self._on_saved is not None:
+            on_saved = self._on_saved
+
+            def report() -> None:
+                written.result()  # on disk first: a report never claims an epoch a crash loses
+                on_saved(epoch, logs)
+
+            self._pending.append(self._pool.submit(report))
+
+    def __enter__(self) -> _Reports:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            for report in self._pending:
+                report.result()
+        finally:
+            self._pool.shutdown()
 
 
 def _resumable(
@@ -365,11 +418,12 @@ def _share_gpu_memory() -> None:
             return
 
 
-def seed_and_determinism(seed: int, deterministic: bool) -> None:
+def seed_and_determinism(seed: int, deterministic: bool | str) -> None:
     """Start a fresh Keras session seeded with ``seed``, with deterministic kernels if asked.
 
     TensorFlow's op determinism, once on, stays on in the process. Under JAX this sets the XLA
-    flag of ``use_deterministic_xla``, effective only if JAX has not started yet.
+    flag of ``use_deterministic_xla`` where XLA has the kernels (``deterministic_xla``),
+    effective only if JAX has not started yet.
     """
     import keras
 
@@ -381,7 +435,7 @@ def seed_and_determinism(seed: int, deterministic: bool) -> None:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    elif keras.backend.backend() == "jax":
+    elif keras.backend.backend() == "jax" and deterministic_xla(deterministic):
         use_deterministic_xla()
 
 

@@ -16,6 +16,7 @@ from study.cli._common import quiet_optuna
 from study.cli._create import spec_of, spec_options
 from trainer import InputError, use_deterministic_xla
 from trainer._config import BACKENDS
+from trainer._determinism import deterministic_xla
 
 if TYPE_CHECKING:
     import optuna
@@ -187,7 +188,7 @@ def _use_backend(spec: StudySpec) -> None:
             f"pass --backend {chosen}, or unset KERAS_BACKEND"
         )
     os.environ["KERAS_BACKEND"] = backend
-    if spec.train.deterministic and backend == "jax":
+    if backend == "jax" and deterministic_xla(spec.train.deterministic):
         use_deterministic_xla()  # JAX reads it once, at its first use
 
 

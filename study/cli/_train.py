@@ -71,11 +71,13 @@ def _text_or_boolean(text: str) -> str | bool:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from trainer._determinism import deterministic_xla
     from trainer._train import use_deterministic_xla
 
     # Both are read once, before Keras loads (the backend) and JAX starts (the XLA flag).
     os.environ["KERAS_BACKEND"] = str(args.backend)
-    use_deterministic_xla()
+    if args.backend == "jax" and deterministic_xla(args.deterministic):
+        use_deterministic_xla()
 
     from trainer._train import train_cell
 

@@ -157,10 +157,14 @@ def _worker(args: argparse.Namespace) -> int:
     )
     backend = _study_backend(spec, args.backend)
     os.environ["KERAS_BACKEND"] = backend  # before anything imports Keras (nothing has yet)
-    if spec.train.deterministic and backend == "jax":
+    if backend == "jax":
+        from trainer._determinism import deterministic_xla
         from trainer._train import use_deterministic_xla
 
-        use_deterministic_xla()  # JAX reads it once, at its first use
+        # Probed on a GPU before JAX starts (it reads the flag once): a jaxlib without the
+        # kernels stops here (or, with "if-available", trains without them), not in every cell.
+        if deterministic_xla(spec.train.deterministic):
+            use_deterministic_xla()
     from study.launch import GPU_SLOT_ENV
 
     if GPU_SLOT_ENV in os.environ:

@@ -46,9 +46,14 @@ def upload_cell_files(trial: optuna.Trial, store: ArtifactStore, out_dir: str | 
     """Attach the cell's history, predictions and result files in ``out_dir`` to ``trial``."""
     from optuna.artifacts import upload_artifact
 
-    from trainer._train import HISTORY_FILE, PREDICTIONS_FILE, RESULT_FILE
+    from trainer._train import (
+        HISTORY_FILE,
+        PREDICTIONS_FILE,
+        RESULT_FILE,
+        VAL_PREDICTIONS_FILE,
+    )
 
-    for name in (HISTORY_FILE, PREDICTIONS_FILE, RESULT_FILE):
+    for name in (HISTORY_FILE, PREDICTIONS_FILE, VAL_PREDICTIONS_FILE, RESULT_FILE):
         path = Path(out_dir) / name
         if path.is_file():
             upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)

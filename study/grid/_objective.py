@@ -93,7 +93,8 @@ class CellObjective:
                 trial.report(val_accuracy, step=epoch)
                 reported.add(epoch)
 
-        def on_epoch(epoch: int, logs: dict[str, Any]) -> bool:
+        def on_saved(epoch: int, logs: dict[str, Any]) -> None:
+            # Runs once the epoch's checkpoint is on disk, beside the next epoch's training.
             for name in HISTORY_COLUMNS:
                 history[name].append(json_safe(logs[name]))
             # Both writes are safe to repeat, so a database outage delays them instead of
@@ -102,9 +103,8 @@ class CellObjective:
                 lambda: report_epoch(epoch, logs["val_accuracy"]),
                 what=f"recording epoch {epoch} of trial {trial.number}",
             )
-            return False
 
-        result = train_cell(config, on_epoch, resume=True)
+        result = train_cell(config, on_saved=on_saved, resume=True)
         call_reconnecting(
             lambda: _attrs.record_result(
                 trial, result.to_dict(), reported=reported, reduce=study.reduce

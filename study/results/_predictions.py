@@ -17,14 +17,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from study.grid import ARTIFACT_FOLDER, _attrs, artifact_store, study_folder, study_uid
-from trainer._train import PREDICTIONS_FILE
+from trainer._train import PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
 
 if TYPE_CHECKING:
     import optuna
     from optuna.artifacts.protocol import ArtifactStore
-
-VAL_PREDICTIONS_FILE = "val_predictions.csv"
-"""The validation part's ``path,label,probability``, beside ``predictions.csv`` (the test's)."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import socket
 import time
 from pathlib import Path
 
@@ -10,7 +11,6 @@ import keras
 import numpy as np
 import pytest
 
-import trainer._model
 from trainer import CellConfig, DataConfig, InputError, build_base, build_model, validation_metrics
 
 
@@ -109,7 +109,7 @@ def test_optimizer_choice(name: str, cls: str) -> None:
 def test_inception_v3_loads_a_local_no_top_weights_file_without_network(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(trainer._model, "_IMAGENET_HOST", "download.invalid")
+    monkeypatch.setenv("LRSTUDY_WEIGHTS_ORIGIN", "http://download.invalid/")  # never asked
     base = build_base("inception_v3", 75)
     for variable in base.weights[:5]:  # make the file differ from any fresh initialisation
         variable.assign(np.full(variable.shape, 0.25, dtype=variable.dtype))
@@ -142,26 +142,17 @@ def test_imagenet_weights_offline_fail_at_once_naming_the_way_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.keras cache either
-    monkeypatch.setattr(trainer._model, "_IMAGENET_HOST", "download.invalid")
-    if trainer._model.imagenet_weights_cached():
-        pytest.skip("/tmp/.keras holds the ImageNet weights, so they are not offline here")
+    with socket.socket() as closed:  # a port nobody listens on: the download is refused
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setenv(
+            "LRSTUDY_WEIGHTS_ORIGIN", f"http://127.0.0.1:{closed.getsockname()[1]}/"
+        )
     started = time.perf_counter()
     with pytest.raises(InputError) as error:
         build_model("inception_v3", 75, "imagenet", optimizer="adam", learning_rate=1e-3)
-    assert time.perf_counter() - started < 10  # bounded by the probe timeout, not a download
+    assert time.perf_counter() - started < 10  # refused at once, not after a download timeout
     message = str(error.value)
     assert "\n" not in message and "--weights none" in message and "--weights PATH" in message
-
-
-def test_imagenet_weights_in_the_keras_cache_count_as_available(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / trainer._model._IMAGENET_FILE).write_bytes(b"")
-    monkeypatch.setattr(trainer._model, "_IMAGENET_HOST", "download.invalid")
-    trainer._model.check_imagenet_reachable()  # does not raise
 
 
 def _config(tmp_path: Path, **changes: object) -> CellConfig:

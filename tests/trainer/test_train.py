@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,20 @@ def test_test_metrics_recomputed_from_predictions_csv_are_the_reported_ones(
     assert {k: straight.test[k] for k in METRICS} == {k: recomputed.to_dict()[k] for k in METRICS}
 
 
+def test_validation_predictions_come_from_the_tested_weights(
+    straight: CellResult, data: DataConfig
+) -> None:
+    # The export picks its secondary (Youden) threshold on these, never on the test part.
+    with open(Path(straight.predictions_path).with_name("val_predictions.csv")) as file:
+        rows = list(csv.DictReader(file))
+    val_part = load_dataset(data, 32).val
+    assert [r["path"] for r in rows] == list(val_part.paths)
+    probabilities = np.array([float(r["probability"]) for r in rows])
+    # The tested weights are the last epoch's: their accuracy is the last epoch's val_accuracy.
+    accuracy = float(np.mean((probabilities > 0.5) == val_part.labels.astype(bool)))
+    assert accuracy == pytest.approx(straight.final["val_accuracy"])
+
+
 def test_the_same_config_twice_gives_the_same_result(
     straight: CellResult, data: DataConfig, tmp_path: Path
 ) -> None:
@@ -233,6 +248,33 @@ def test_the_hook_sees_every_epoch_and_can_stop_the_cell(data: DataConfig, tmp_p
     assert calls[0][1] == {**result.history[0], "diverged": False}
     assert result.epochs_run == 2 and result.final["epoch"] == 2
     assert result.test["epoch"] == 2
+
+
+def test_on_saved_reports_each_epoch_only_once_its_checkpoint_is_on_disk(
+    data: DataConfig, tmp_path: Path
+) -> None:
+    # The study records an epoch here: a kill right after must not lose more than that epoch.
+    seen: list[tuple[int, int, str]] = []
+
+    def on_saved(epoch: int, logs: dict[str, Any]) -> None:
+        checkpoint = load_checkpoint(tmp_path / "checkpoint.npz")
+        assert checkpoint is not None
+        saved = checkpoint.state["history"][-1]["epoch"]
+        seen.append((epoch, saved, threading.current_thread().name))
+
+    result = train_cell(_config(data, tmp_path, epochs=3), on_saved=on_saved)
+    assert [epoch for epoch, _, _ in seen] == [1, 2, 3]  # every epoch, in order, before return
+    assert all(saved >= epoch for epoch, saved, _ in seen)
+    assert all(name.startswith("epoch-report") for _, _, name in seen)  # off the training path
+    assert result.epochs_run == 3
+
+
+def test_an_error_in_on_saved_is_raised_from_the_cell(data: DataConfig, tmp_path: Path) -> None:
+    def on_saved(epoch: int, logs: dict[str, Any]) -> None:
+        raise RuntimeError(f"the study could not record epoch {epoch}")
+
+    with pytest.raises(RuntimeError, match="could not record epoch 1"):
+        train_cell(_config(data, tmp_path, epochs=2), on_saved=on_saved)
 
 
 def test_a_nan_loss_is_a_result_not_a_crash(data: DataConfig, tmp_path: Path) -> None:

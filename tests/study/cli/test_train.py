@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_dataset
-from trainer._model import imagenet_weights_cached
 
 LRSTUDY = [sys.executable, "-m", "study"]
 
@@ -143,22 +142,24 @@ def test_a_missing_data_folder_ends_in_one_line(tmp_path: Path) -> None:
 def test_imagenet_weights_offline_end_in_one_line_naming_weights_none(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    if imagenet_weights_cached():
-        pytest.skip("Keras's cache holds the ImageNet weights here")
-    try:
-        socket.create_connection(("storage.googleapis.com", 443), timeout=3).close()
-        pytest.skip("ImageNet weights are downloadable from this machine")
-    except OSError:
-        pass  # offline, the case under test
+    with socket.socket() as closed:  # a port nobody listens on: the download is refused
+        closed.bind(("127.0.0.1", 0))
+        origin = f"http://127.0.0.1:{closed.getsockname()[1]}/"
     args = _args(data_dir, tmp_path / "out")
     args[args.index("--weights") + 1] = "imagenet"
     args[args.index("--model") + 1] = "inception_v3"
     args[args.index("--image-size") + 1] = "75"
-    environment = {**os.environ, "KERAS_HOME": str(tmp_path), "HOME": str(tmp_path)}
+    environment = {
+        **os.environ,
+        "KERAS_HOME": str(tmp_path),
+        "HOME": str(tmp_path),
+        "LRSTUDY_WEIGHTS_ORIGIN": origin,
+    }
     done = subprocess.run(args, capture_output=True, text=True, timeout=60, env=environment)
     assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--weights none" in lines[0], done.stderr
+    *progress, line = done.stderr.strip().splitlines()
+    assert [entry.split(" INFO ")[-1][:24] for entry in progress] == ["downloading the ImageNet"]
+    assert line.startswith("lrstudy: error: ") and "--weights none" in line, done.stderr
 
 
 def test_skip_bad_trains_past_an_undecodable_image_that_stops_a_plain_run(

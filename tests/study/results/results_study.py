@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from optuna.artifacts import upload_artifact
 
 from storage import open_storage
 from study.grid import (
@@ -82,7 +81,7 @@ class FakeCell:
 
     artifacts: Path
     failing_calls: tuple[int, ...] = ()  # These calls (1 = the first) raise.
-    val_predictions: bool = True  # Write val_predictions.csv, as the trainer does not yet.
+    val_predictions: bool = True  # Write val_predictions.csv, as the trainer does.
     stop_after: int | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     calls: int = 0
@@ -150,14 +149,7 @@ class FakeCell:
         }
         _attrs.record_cell(trial, key, EPOCHS, str(out))
         _attrs.record_result(trial, result, reported=set(range(1, EPOCHS + 1)), reduce="last")
-        store = artifact_store(folder)
-        upload_cell_files(trial, store, out)
-        if self.val_predictions:  # as the worker would, once the trainer writes the file
-            upload_artifact(
-                artifact_store=store,
-                file_path=str(out / "val_predictions.csv"),
-                study_or_trial=trial,
-            )
+        upload_cell_files(trial, artifact_store(folder), out)
         return final["val_accuracy"]
 
 
