@@ -24,13 +24,13 @@ BACKENDS = ("tensorflow", "jax")
 # reproduce the old behaviour (old studies split patients by person number alone, merging
 # personN_bacteria with personN_virus). Filled in before such a spec or checkpoint is checked.
 KEYS_ADDED_LATER: dict[str, dict[str, Any]] = {
-    "train": {"freeze_base": False, "backend": "tensorflow"},
+    "train": {"freeze_base": False, "backend": "tensorflow", "steps_per_execution": 1},
     "data": {"patient_key": "person"},
 }
 # Fields that may change between a run and its resumption without changing what is trained:
 # where it is written, how far it goes, how evaluation is batched and where the data and its
 # cache live (the dataset fingerprint, not the folder, says whether the data is the same).
-_RESUMABLE_CHANGES = ("out_dir", "epochs", "eval_batch_size")
+_RESUMABLE_CHANGES = ("out_dir", "epochs", "eval_batch_size", "steps_per_execution")
 _DATA_LOCATIONS = ("root", "cache_dir")
 
 
@@ -89,6 +89,10 @@ class TrainConfig:
         backend: The Keras backend, ``"tensorflow"`` or ``"jax"``: part of the protocol, since
             the two give different numbers; a cell refuses to train under another one.
             Defaults to `"tensorflow"`.
+        steps_per_execution: Training steps per call into the compiled step (Keras's
+            ``compile`` argument). Keras-TF syncs host and device after every call, which at
+            batch 8 leaves a GPU waiting; results are the same for any value. Defaults to `1`
+            (no GPU measurement has chosen another yet; docs/performance.md).
     """
 
     model: str = _key(
@@ -141,6 +145,13 @@ class TrainConfig:
         "tensorflow",
         _checks.choice(BACKENDS),
         '"tensorflow" or "jax": the Keras backend every worker runs (KERAS_BACKEND)',
+        axis=False,
+    )
+    steps_per_execution: int = _key(
+        1,
+        _checks.integer(1),
+        "training steps per call into the compiled step: fewer host round trips at batch 8 "
+        "(TensorFlow); results do not depend on it",
         axis=False,
     )
 
@@ -229,6 +240,14 @@ class CellConfig(TrainConfig):
         if data.get("ratios") is not None:
             data["ratios"] = tuple(data["ratios"])
         return cls(**{**values, "data": DataConfig(**data)})
+
+    @staticmethod
+    def stored_resume_key(stored: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint's saved resume key as ``resume_key`` gives it today: keys added since
+        filled with the values the checkpoint ran with, changes that resume freely left out."""
+        values = {**KEYS_ADDED_LATER["train"], **stored}
+        values["data"] = {**KEYS_ADDED_LATER["data"], **stored.get("data", {})}
+        return {key: value for key, value in values.items() if key not in _RESUMABLE_CHANGES}
 
     def resume_key(self) -> dict[str, Any]:
         """The fields a checkpoint must share with this config to be resumed by it."""

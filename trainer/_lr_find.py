@@ -184,7 +184,8 @@ def find_learning_rate(
             what ``set_up_cell`` raises.
     """
     _check_range(min_lr, max_lr, steps)
-    cell = set_up_cell(dataclasses.replace(config, learning_rate=min_lr))
+    # One step per call: the rate is set before every batch, which a multi-step call would skip.
+    cell = set_up_cell(dataclasses.replace(config, learning_rate=min_lr, steps_per_execution=1))
     recorder = _Recorder(min_lr, max_lr, steps)
     passes = math.ceil(steps / len(cell.train_feed))
     callbacks = [_rate_callback(recorder)]

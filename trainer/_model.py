@@ -31,6 +31,7 @@ def build_model(
     mixed_precision: bool = False,
     jit_compile: bool | str = "auto",
     freeze_base: bool = False,
+    steps_per_execution: int = 1,
 ) -> keras.Model:
     """Build and compile the network of one cell.
 
@@ -58,6 +59,8 @@ def build_model(
         jit_compile: Passed to ``model.compile``: ``"auto"``, ``True`` or ``False``. Keras
             turns ``True`` into ``False`` (with a warning) where the model cannot be compiled,
             e.g. under TensorFlow with op determinism on. Defaults to `"auto"`.
+        steps_per_execution: Training steps per call into the compiled function (Keras's
+            ``compile`` argument): fewer host round trips at small batches. Defaults to `1`.
         freeze_base: Train the head alone, as the Keras transfer-learning guide does: the base
             is not trainable and is called with ``training=False``, so its batch normalisation
             keeps the statistics of its weights. Defaults to `False` (every layer trains).
@@ -89,6 +92,7 @@ def build_model(
         loss=keras.losses.BinaryCrossentropy(from_logits=True),
         metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)],
         jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
     )
     return network
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from trainer._atomic import write_atomic
 from trainer._checkpoint import Checkpoint, CheckpointWriter, load_checkpoint, set_aside
-from trainer._config import KEYS_ADDED_LATER, CellConfig
+from trainer._config import CellConfig
 from trainer._determinism import deterministic_xla
 from trainer._errors import ConfigError, InputError
 from trainer._metrics import binary_metrics, sigmoid, validation_metrics
@@ -172,6 +172,7 @@ def set_up_cell(
         mixed_precision=config.mixed_precision,
         jit_compile=config.jit_compile,
         freeze_base=config.freeze_base,
+        steps_per_execution=config.steps_per_execution,
     )
     if config.jit_compile is True and not model.jit_compile:
         _logger.warning(
@@ -385,8 +386,7 @@ def _resumable(
             f"out_dir (--out) {path.parent} already holds a checkpoint after epoch {done}; "
             "pass --resume to continue it, or choose another --out"
         )
-    saved = {**KEYS_ADDED_LATER["train"], **previous.state.get("resume_key", {})}
-    saved["data"] = {**KEYS_ADDED_LATER["data"], **saved.get("data", {})}
+    saved = CellConfig.stored_resume_key(previous.state.get("resume_key", {}))
     wanted = config.resume_key()
     differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
     if previous.state.get("fingerprint") != fingerprint:

@@ -80,6 +80,17 @@ def test_compiled_and_uncompiled_cells_agree_within_float_tolerance(
     np.testing.assert_allclose(_probabilities(compiled), _probabilities(plain), atol=1e-5)
 
 
+def test_several_steps_per_execution_train_the_same_cell(data: DataConfig, tmp_path: Path) -> None:
+    # 28 training images at batch 8: executions of 3 steps leave a tail of one step per epoch.
+    one = train_cell(_config(data, tmp_path / "one", jit_compile=False))
+    three = train_cell(_config(data, tmp_path / "three", jit_compile=False, steps_per_execution=3))
+    assert [row["loss"] for row in three.history] == [row["loss"] for row in one.history]
+    assert [row["val_loss"] for row in three.history] == [row["val_loss"] for row in one.history]
+    np.testing.assert_array_equal(_probabilities(three), _probabilities(one))
+    # It changes how fast a cell runs, not what it computes: a checkpoint resumes across it.
+    assert one.config.resume_key() == three.config.resume_key()
+
+
 def test_auto_compiles_under_jax_and_not_on_a_tensorflow_cpu(
     data: DataConfig, tmp_path: Path
 ) -> None:

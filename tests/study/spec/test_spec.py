@@ -87,7 +87,10 @@ def test_a_file_must_name_its_study(tmp_path: Path) -> None:
         ("[data]\nratios = [0.5, 0.5]", r"data\.ratios must be an array of 3 numbers"),
         ("[data]\nratios = [0.5, 0.4, 0.4]", r"data\.ratios must be 3 numbers that sum to 1"),
         ("[data]\nlimit_per_class = 0", r"data\.limit_per_class must be an integer >= 1"),
-        ('[train]\ndeterministic = "yes"', r"train\.deterministic must be true or false"),
+        (
+            '[train]\ndeterministic = "yes"',
+            r'train\.deterministic must be true, false or "if-available"',
+        ),
         ("[grid]\nlearning_rate = []", r"grid\.learning_rate must be a non-empty array"),
         ("[grid]\nlearning_rate = [0.1, -1]", r"grid\.learning_rate\[1\] must be a number > 0"),
         ("[grid]\nseed = [0, 0]", r"grid\.seed must be an array without repeated values"),
