@@ -6,6 +6,9 @@ import os
 
 from trainer._errors import InputError
 
+GPU_MEMORY_ENV = "LRSTUDY_TF_GPU_MEMORY_MB"
+"""A TensorFlow worker's GPU memory cap in MiB, set by ``lrstudy launch --per-gpu K``."""
+
 # The CUDA builds of each backend; pyproject's extras `gpu` and `jax-cuda` install them.
 CUDA_BUILDS = {
     "tensorflow": "pip install 'lrstudy[gpu]' (tensorflow[and-cuda])",

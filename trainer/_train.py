@@ -398,12 +398,13 @@ def _resumable(
 
 
 def _share_gpu_memory() -> None:
-    """Under TensorFlow, take GPU memory as needed rather than all of it at start.
+    """Under TensorFlow, take GPU memory as needed rather than all of it at start, within the
+    cap ``$LRSTUDY_TF_GPU_MEMORY_MB`` when the launcher set one.
 
-    Several workers then fit on one GPU, and ``nvidia-smi`` shows what each really uses. It
-    works only before TensorFlow first touches the GPU; later (the next cell of a worker) the
-    setting made then stays. JAX reads its memory settings from the environment at start,
-    which ``lrstudy launch`` sets per worker.
+    Several workers then fit on one GPU (without a cap, one that grows first can starve the
+    others), and ``nvidia-smi`` shows what each really uses. It works only before TensorFlow
+    first touches the GPU; later (the next cell of a worker) the setting made then stays. JAX
+    reads its memory settings from the environment at start, which ``lrstudy launch`` sets.
     """
     import keras
 
@@ -411,9 +412,16 @@ def _share_gpu_memory() -> None:
         return
     import tensorflow as tf
 
+    from trainer._devices import GPU_MEMORY_ENV
+
+    cap = os.environ.get(GPU_MEMORY_ENV)
     for gpu in tf.config.list_physical_devices("GPU"):
         try:
-            tf.config.experimental.set_memory_growth(gpu, True)
+            if cap:
+                limit = [tf.config.LogicalDeviceConfiguration(memory_limit=int(cap))]
+                tf.config.set_logical_device_configuration(gpu, limit)
+            else:
+                tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:  # the GPU is initialised already; its first setting holds
             return
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from trainer import InputError
+from trainer._devices import GPU_MEMORY_ENV
 
 _logger = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ class Slot:
     index: int
     gpu: str | None = None
     sharing: int = 1
+    memory_mib: float | None = None
+    """The GPU's total memory, where ``nvidia-smi`` told it: TensorFlow workers sharing it get
+    a cap of their share, as JAX workers get a fraction."""
 
     @property
     def name(self) -> str:
@@ -70,6 +74,8 @@ class Slot:
             if self.sharing > 1:
                 share = _JAX_MEMORY_SHARE / self.sharing
                 env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{share:.3f}")
+                if self.memory_mib is not None:
+                    env.setdefault(GPU_MEMORY_ENV, str(int(share * self.memory_mib)))
         return env
 
 
@@ -136,6 +142,7 @@ def plan_slots(
     per_gpu: int = 1,
     available: Callable[[], list[str]] = find_gpus,
     environ: Mapping[str, str] | None = None,
+    memory: Callable[[str], float | None] | None = None,
 ) -> list[Slot]:
     """The worker slots for ``--gpus``/``--workers``/``--per-gpu``.
 
@@ -151,6 +158,8 @@ def plan_slots(
         per_gpu: Workers sharing each GPU (small batches leave a GPU idle). Defaults to `1`.
         available: Lists this machine's GPUs. Defaults to `find_gpus`.
         environ: Where ``CUDA_VISIBLE_DEVICES`` is read. Defaults to this process's environment.
+        memory: A GPU's total memory in MiB, asked only with ``per_gpu`` > 1. Defaults to
+            `None`: ``nvidia-smi``'s answer (``gpu_memory_mib``).
 
     With neither ``gpus`` nor ``workers``: one slot per GPU of the pool, else one CPU worker.
     """
@@ -173,10 +182,31 @@ def plan_slots(
         chosen = pool
     else:
         chosen = _chosen_gpus(gpus, pool, inherited is not None)
+    lookup = memory or gpu_memory_mib
+    totals = {gpu: lookup(gpu) for gpu in chosen} if per_gpu > 1 else {}
     return [
-        Slot(index, gpu, per_gpu)
+        Slot(index, gpu, per_gpu, totals.get(gpu))
         for index, gpu in enumerate((gpu for gpu in chosen for _ in range(per_gpu)), start=1)
     ]
+
+
+def gpu_memory_mib(gpu: str) -> float | None:
+    """A GPU's total memory in MiB as ``nvidia-smi`` reports it (index or UUID); None if it
+    cannot say (no ``nvidia-smi``, or a MIG slice it does not query this way)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        done = subprocess.run(
+            [smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits", "-i", gpu],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        return float(done.stdout.strip().splitlines()[0]) if done.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return None
 
 
 def _chosen_gpus(gpus: str, pool: list[str], inherited: bool) -> list[str]:
@@ -228,6 +258,7 @@ def plan_lines(
         "TF_FORCE_GPU_ALLOW_GROWTH",
         "XLA_PYTHON_CLIENT_PREALLOCATE",
         "XLA_PYTHON_CLIENT_MEM_FRACTION",
+        GPU_MEMORY_ENV,
     )
     lines = []
     for slot in slots:

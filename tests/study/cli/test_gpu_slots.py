@@ -20,7 +20,8 @@ def one_gpu(tmp_path: Path) -> dict[str, str]:
     CPU-only TensorFlow (what a plain ``pip install`` gives)."""
     smi = tmp_path / "bin" / "nvidia-smi"
     smi.parent.mkdir()
-    smi.write_text("#!/bin/sh\necho 0\n")
+    # Asked for memory.total (MiB), it answers as an 80 GB card would; for indices, GPU 0.
+    smi.write_text('#!/bin/sh\ncase "$*" in *memory.total*) echo 81559 ;; *) echo 0 ;; esac\n')
     smi.chmod(0o755)
     env = {"PATH": f"{smi.parent}{os.pathsep}{os.environ['PATH']}"}
     return env
@@ -35,6 +36,8 @@ def test_dry_run_prints_one_line_per_slot_and_starts_nothing(setup: dict, one_gp
     assert len(lines) == 2
     assert all("w" in line and "CUDA_VISIBLE_DEVICES=0" in line for line in lines)
     assert all("XLA_PYTHON_CLIENT_MEM_FRACTION=0.425" in line for line in lines)
+    # TensorFlow workers get the same share as a cap in MiB: 0.425 of 81,559.
+    assert all("LRSTUDY_TF_GPU_MEMORY_MB=34662" in line for line in lines)
     # A user given GPUs 4 and 5 (as Slurm or a shared server does) gets those, by position.
     given = {**one_gpu, "CUDA_VISIBLE_DEVICES": "4,5"}
     done = lrstudy(*base, "--gpus", "1", env=given)

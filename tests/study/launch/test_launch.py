@@ -119,6 +119,21 @@ def test_gpu_and_mig_uuids_are_accepted() -> None:
     ]
 
 
+def test_workers_sharing_a_gpu_get_a_memory_share_under_both_backends() -> None:
+    slots = plan_slots(
+        gpus="0", per_gpu=4, available=gpus("0"), environ={}, memory=lambda g: 80000
+    )
+    env = slots[0].environment({})
+    assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.212"  # JAX: 0.85 / 4 of the GPU
+    assert env["LRSTUDY_TF_GPU_MEMORY_MB"] == str(int(0.2125 * 80000))  # TensorFlow: as MiB
+    unknown = plan_slots(
+        gpus="0", per_gpu=2, available=gpus("0"), environ={}, memory=lambda g: None
+    )
+    assert "LRSTUDY_TF_GPU_MEMORY_MB" not in unknown[0].environment({})  # growth only
+    alone = plan_slots(gpus="0", available=gpus("0"), environ={}, memory=lambda g: 80000)
+    assert "LRSTUDY_TF_GPU_MEMORY_MB" not in alone[0].environment({})
+
+
 def test_gpu_slots_use_pci_bus_order_and_are_marked() -> None:
     env = Slot(1, "3").environment({"CUDA_DEVICE_ORDER": "FASTEST_FIRST"})
     assert (env["CUDA_VISIBLE_DEVICES"], env["CUDA_DEVICE_ORDER"]) == ("3", "PCI_BUS_ID")
@@ -263,7 +278,7 @@ def test_launch_samples_nvidia_smi_and_logs_its_advice(
     smi.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\necho '0, 22, 3000, 81559'\n")
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{smi.parent}{os.pathsep}{os.environ['PATH']}")
-    slots = plan_slots(gpus="0", per_gpu=2, available=gpus("0"))
+    slots = plan_slots(gpus="0", per_gpu=2, available=gpus("0"), memory=lambda gpu: None)
     watch = UsageWatch(sample_s=0.1, warmup_s=0.2, window_s=0.6)
     with caplog.at_level("INFO", logger="study.launch"):
         summary = launch(
