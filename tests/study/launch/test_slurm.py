@@ -63,12 +63,13 @@ def lrstudy(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[in
     return code, out, err
 
 
-def create_study(tmp_path: Path) -> str:
+def create_study(tmp_path: Path, epochs: int = 1) -> str:
     """A 12-cell quick study made with ``lrstudy create``, as a user would; its storage URL."""
     data = write_dataset(tmp_path / "data").root
     url = f"sqlite:///{tmp_path / 'study.db'}"
     argv = [
         sys.executable, "-m", "study", "create", "--storage", url, "--data", str(data), *QUICK,
+        "--set", f"train.epochs={epochs}",
         "--set", f"data.cache_dir={tmp_path / 'cache'}",
         "--set", f"study.artifacts={tmp_path / 'artifacts'}",
     ]  # fmt: skip
@@ -314,28 +315,30 @@ def test_sbatch_refusal_is_one_line(slurm_cluster: SlurmCluster, tmp_path: Path)
     assert "partition" in message.lower() and "\n" not in message
 
 
-def _started(log: Path) -> int | None:
-    """The trial number of the first cell a task's log shows started."""
+def _training(log: Path) -> int | None:
+    """The trial number of a task's first cell once the log shows it past its first epoch."""
     text = log.read_text(errors="replace") if log.exists() else ""
-    match = re.search(r"worker \S+: trial (\d+) cell \S+ started", text)
-    return int(match.group(1)) if match else None
+    started = re.search(r"worker \S+: trial (\d+) cell \S+ started", text)
+    trained = re.search(r" epoch 1/\d+: loss ", text)
+    return int(started.group(1)) if started and trained else None
 
 
-def _wait_started(logs: Sequence[Path], timeout: float) -> list[int]:
+def _wait_training(logs: Sequence[Path], timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while True:
-        numbers = [_started(log) for log in logs]
+        numbers = [_training(log) for log in logs]
         if all(number is not None for number in numbers):
             return [number for number in numbers if number is not None]
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no cell started in {[str(log) for log in logs]}")
-        time.sleep(0.3)
+            raise TimeoutError(f"no cell trained an epoch in {[str(log) for log in logs]}")
+        time.sleep(0.2)
 
 
 def test_a_study_runs_to_the_end_through_a_cancelled_and_a_requeued_task(
     slurm_cluster: SlurmCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = create_study(tmp_path)
+    # Cells of 40 epochs: a signal sent after a cell's first epoch finds it still training.
+    url = create_study(tmp_path, epochs=40)
     code, out, err = lrstudy(
         ["slurm", "--storage", url, "--study", "quick", "--array", "3"], capsys
     )
@@ -350,8 +353,7 @@ def test_a_study_runs_to_the_end_through_a_cancelled_and_a_requeued_task(
     # Mid-cell, task 1 is told to stop (as by --signal=B:TERM before its time limit) and task
     # 2 is requeued (Slurm signals every process of it, then starts it again).
     cancelled, requeued = folder / f"{job_id}_1.log", folder / f"{job_id}_2.log"
-    first_cells = _wait_started([cancelled, requeued], timeout=90)
-    time.sleep(1)
+    first_cells = _wait_training([cancelled, requeued], timeout=120)
     slurm_cluster.run("scancel", "--batch", "--signal=TERM", f"{job_id}_1")
     slurm_cluster.run("scontrol", "requeue", f"{job_id}_2")
     slurm_cluster.wait_gone(job_id, timeout=180)
