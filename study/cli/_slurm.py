@@ -34,9 +34,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         parents=[common, study_options()],
         help="Submit a Slurm job array whose tasks run `lrstudy launch` on a study.",
         description="Write an sbatch script for a job array of N tasks, each running "
-        "`lrstudy launch` in its allocation, save it under <artifacts>/<study>/slurm/, and "
-        "submit it. The storage URL reaches the tasks through $LRSTUDY_STORAGE (never the "
-        "script). Options after -- are extra sbatch options, e.g. -- --qos=low --mem=16G.",
+        "`lrstudy launch` in its allocation, save it in the study's folder "
+        "(<artifacts>/<study>-<id>/slurm/), and submit it. The storage URL reaches the tasks "
+        "through $LRSTUDY_STORAGE (never the script). Options after -- are extra sbatch "
+        "options, e.g. -- --qos=low --mem=16G.",
     )
     slurm.add_argument(
         "--array", required=True, type=int, metavar="N", help="Number of array tasks."
@@ -72,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--artifacts",
         metavar="DIR",
         help="The artifacts folder as the nodes see it, if not the stored one; the script "
-        "and logs go to DIR/STUDY/slurm/.",
+        "and logs go to DIR/STUDY-ID/slurm/.",
     )
     slurm.add_argument(
         "--data", metavar="DIR", help="The dataset folder on the nodes, if not the stored one."
@@ -105,11 +106,12 @@ def handle_slurm(args: argparse.Namespace) -> int:
     # Made before the storage is opened: a bad flag is reported without waiting for a database.
     plan = _plan(args, log_dir="/", launch_args=launch_args)
     from storage import open_storage
-    from study.grid import load_grid_study
+    from study.grid import load_grid_study, study_folder, study_uid
 
     quiet_optuna()
     study = load_grid_study(open_storage(url, existing=True), args.study)
-    folder = Path(_artifacts_folder(args.artifacts, study)) / args.study / SLURM_FOLDER
+    root = _artifacts_folder(args.artifacts, study)
+    folder = study_folder(root, args.study, study_uid(study)) / SLURM_FOLDER
     plan = _plan(args, log_dir=str(folder), launch_args=launch_args)
     stamp = datetime.datetime.now().astimezone()
     script = render_script(plan, written=f"on {stamp:%Y-%m-%d %H:%M:%S %z}")
@@ -169,7 +171,9 @@ def _artifacts_folder(flag: str | None, study: optuna.Study) -> str:
     """--artifacts, else the artifacts folder in the study's stored spec."""
     if flag is not None:
         return str(Path(flag).expanduser().resolve())
-    spec = study.user_attrs.get("spec")
+    from study.grid import _attrs
+
+    spec = study.user_attrs.get(_attrs.SPEC)
     stored = spec.get("study", {}).get("artifacts") if isinstance(spec, dict) else None
     if not isinstance(stored, str) or not stored:
         raise InputError(
@@ -196,7 +200,7 @@ def _save(folder: Path, script: str, stamp: datetime.datetime) -> Path:
         raise InputError(
             f"cannot write the sbatch script into {str(folder)!r}: {error.strerror}; pass "
             "--artifacts DIR with a folder you can write and every node sees."
-        ) from None
+        ) from error
     raise InputError(f"{str(folder)!r} has 100 scripts of this second; submit again.")
 
 

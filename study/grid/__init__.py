@@ -6,7 +6,13 @@ within the study's retry budget, and by hand after it (``retry_cells``); a grid 
 else through ``read_trial``.
 """
 
-from study.grid._artifacts import ARTIFACT_FOLDER, artifact_store, study_folder, upload_cell_files
+from study.grid._artifacts import (
+    ARTIFACT_FOLDER,
+    artifact_store,
+    existing_artifact_store,
+    study_folder,
+    upload_cell_files,
+)
 from study.grid._attrs import (
     DEFAULT_MAX_RETRIES,
     INTERRUPTED,
@@ -46,6 +52,7 @@ __all__ = [
     "cell_states",
     "create_from_spec",
     "create_grid_study",
+    "existing_artifact_store",
     "extend_grid",
     "failed_for_good",
     "grid_of",

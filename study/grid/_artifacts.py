@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from study.grid import _attrs
 
@@ -40,6 +41,31 @@ def artifact_store(folder: str | Path) -> ArtifactStore:
     store = Path(folder) / ARTIFACT_FOLDER
     store.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(store))
+
+
+def existing_artifact_store(
+    study_name: str,
+    user_attrs: Mapping[str, Any],
+    uid: str | None,
+    artifacts: str | None = None,
+) -> ArtifactStore | None:
+    """A study's artifact store where this machine has one; None otherwise.
+
+    Readers (export, dashboard) call this, not ``artifact_store``, which makes missing folders.
+
+    Args:
+        study_name: The study's name.
+        user_attrs: The study's user attributes, which hold its spec (``_attrs.SPEC``).
+        uid: The study's id (``_attrs.study_uid``); None for studies made before ids.
+        artifacts: This machine's artifacts folder, when it is not (or no longer) where the
+            stored spec says. Defaults to `None`: the spec's ``study.artifacts``.
+    """
+    spec = user_attrs.get(_attrs.SPEC)
+    root = artifacts or (spec["study"]["artifacts"] if isinstance(spec, dict) else None)
+    if not root:
+        return None
+    folder = study_folder(root, study_name, uid)
+    return artifact_store(folder) if (folder / ARTIFACT_FOLDER).is_dir() else None
 
 
 def upload_cell_files(trial: optuna.Trial, store: ArtifactStore, out_dir: str | Path) -> None:

@@ -255,8 +255,9 @@ if [ -z "${{CUDA_VISIBLE_DEVICES:-}}" ]; then
         "partition with gres/gpu, or submit with --gpus-per-task 0" >&2
     exit 2
 fi
-# The GPUs of this allocation only: without device cgroups every GPU of the node is visible.
-slots=(--gpus "$CUDA_VISIBLE_DEVICES" --per-gpu {per_gpu})
+# The GPUs of this allocation only (without device cgroups every GPU of the node is
+# visible): Slurm's CUDA_VISIBLE_DEVICES is the launcher's pool, and --gpus all takes it whole.
+slots=(--gpus all --per-gpu {per_gpu})
 """
 
 _SCRIPT = """\
@@ -376,16 +377,16 @@ def submit(script_path: str | Path, env: Mapping[str, str], *, sbatch: str = "sb
             timeout=_SBATCH_TIMEOUT_S,
             check=False,
         )
-    except FileNotFoundError:
+    except FileNotFoundError as error:
         raise InputError(
             f"{sbatch} is not on PATH; run `lrstudy slurm` on a login node of the cluster, or "
             "add --dry-run to only print the script."
-        ) from None
-    except subprocess.TimeoutExpired:
+        ) from error
+    except subprocess.TimeoutExpired as error:
         raise InputError(
             f"sbatch did not answer within {_SBATCH_TIMEOUT_S} s; check that Slurm is up "
             "(`sinfo`) and submit again."
-        ) from None
+        ) from error
     if done.returncode != 0:
         reason = " ".join(done.stderr.split()) or f"exit code {done.returncode}"
         raise InputError(

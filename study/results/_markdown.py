@@ -50,7 +50,7 @@ def to_markdown(
         lines.append("")
     lines += [f"**Result.** {results.headline()}", ""]
     lines += markdown_tables(results)
-    lines += _paired_tables(results)
+    lines += paired_tables(results)
     if results.review is not None:
         lines += _interval_table(results) + _youden_table(results)
     if figures or notes or results.notes:
@@ -113,7 +113,7 @@ def markdown_tables(results: StudyResults) -> list[str]:
     return lines
 
 
-def _paired_tables(results: StudyResults) -> list[str]:
+def paired_tables(results: StudyResults) -> list[str]:
     """Every paired test: over seeds per metric, and per seed on the shared test images."""
     over_seeds = [t for t in results.paired if t.test == PAIRED_T]
     if not over_seeds:

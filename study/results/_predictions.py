@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from study.grid import ARTIFACT_FOLDER, _attrs, artifact_store, study_folder, study_uid
+from study.grid import existing_artifact_store, study_uid
 from trainer._train import PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
 
 if TYPE_CHECKING:
@@ -51,27 +51,6 @@ class TrialPredictions:
     val: Predictions | None
 
 
-def study_artifact_store(
-    study: optuna.Study, artifacts: str | None = None
-) -> ArtifactStore | None:
-    """The study's artifact store, or None where there is none on this machine.
-
-    Args:
-        study: The grid study.
-        artifacts: The artifacts folder on this machine, when it is not (or no longer) where
-            the stored spec says. Defaults to `None`: the spec's ``study.artifacts``.
-    """
-    spec = study.user_attrs.get(_attrs.SPEC)
-    root = artifacts or (spec["study"]["artifacts"] if isinstance(spec, dict) else None)
-    if root is None:
-        return None
-    folder = study_folder(root, study.study_name, study_uid(study))
-    # Reading must not create folders: artifact_store makes its folder when it is missing.
-    if not (folder / ARTIFACT_FOLDER).is_dir():
-        return None
-    return artifact_store(folder)
-
-
 def load_predictions(
     study: optuna.Study, records: Sequence[dict[str, Any]], artifacts: str | None = None
 ) -> tuple[dict[int, TrialPredictions], list[str]]:
@@ -87,7 +66,8 @@ def load_predictions(
     """
     from optuna.artifacts import get_all_artifact_meta
 
-    store = study_artifact_store(study, artifacts)
+    uid = study_uid(study)
+    store = existing_artifact_store(study.study_name, study.user_attrs, uid, artifacts)
     notes = []
     if store is None:
         notes.append(

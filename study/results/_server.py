@@ -8,7 +8,7 @@ import socket
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, BinaryIO
 
-from study.grid import ARTIFACT_FOLDER, _attrs, artifact_store, load_grid_study, study_folder
+from study.grid import _attrs, existing_artifact_store, load_grid_study
 from study.results._views import refresh_views
 from trainer import InputError
 
@@ -28,15 +28,13 @@ def dashboard_artifact_store(
     stored spec, or under ``artifacts`` (this machine's artifacts folder) when given. Artifact
     ids are UUIDs, so one store serves all studies.
     """
-    stores = []
-    for study in storage.get_all_studies():
-        spec = study.user_attrs.get(_attrs.SPEC)
-        root = artifacts or (spec["study"]["artifacts"] if isinstance(spec, dict) else None)
-        if not root:
-            continue
-        folder = study_folder(root, study.study_name, study.system_attrs.get(_attrs.STUDY_UID))
-        if (folder / ARTIFACT_FOLDER).is_dir():
-            stores.append(artifact_store(folder))
+    found = (
+        existing_artifact_store(
+            study.study_name, study.user_attrs, study.system_attrs.get(_attrs.STUDY_UID), artifacts
+        )
+        for study in storage.get_all_studies()
+    )
+    stores = [store for store in found if store is not None]
     return _Stores(stores) if stores else None
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from storage import study_lock
 from study.results._collect import Group, StudyResults, collect, format_value
-from study.results._markdown import markdown_tables
+from study.results._markdown import markdown_tables, paired_tables
 from study.results._stats import per_epoch
 
 if TYPE_CHECKING:
@@ -244,7 +244,8 @@ def _short_label(label: str) -> str:
 
 def study_note(results: StudyResults) -> str:
     """The study note: what to read first (the Result sentence and the key table), how to read
-    optuna-dashboard's stock panels in a seeded grid, then the protocol and every table."""
+    optuna-dashboard's stock panels in a seeded grid, then the protocol, every table and the
+    paired tests."""
     tables = markdown_tables(results)
     sections = [index for index, line in enumerate(tables) if line.startswith("## ")]
     key_end = sections[1] if len(sections) > 1 else len(tables)
@@ -270,6 +271,7 @@ def study_note(results: StudyResults) -> str:
         *_protocol(results.spec),
         "",
         *tables[key_end:],
+        *paired_tables(results),
     ]
     return "\n".join(lines) + "\n"
 

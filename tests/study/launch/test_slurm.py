@@ -22,6 +22,7 @@ import pytest
 from storage import StorageError
 from storage._filesystem import check_sqlite_local, filesystem_type, sqlite_path
 from study.cli import main
+from study.grid import study_folder, study_uid
 from study.launch._slurm import TAG_ENV, SlurmPlan, render_script, submit, time_seconds
 from tests.conftest import write_dataset
 from tests.slurm import SlurmCluster
@@ -85,6 +86,12 @@ def create_study(tmp_path: Path, epochs: int = 1) -> str:
     return url
 
 
+def slurm_folder(tmp_path: Path, url: str) -> Path:
+    """Where ``lrstudy slurm`` keeps the quick study's scripts and logs: in the study's folder."""
+    study = optuna.load_study(study_name="quick", storage=url)
+    return study_folder(tmp_path / "artifacts", "quick", study_uid(study)) / "slurm"
+
+
 def tagged_processes(cluster: SlurmCluster) -> list[int]:
     """Processes of this cluster's tasks still alive: a launcher or a worker of some task."""
     marks = (f"{TAG_ENV}=".encode(), f"SLURM_CONF={cluster.conf}\0".encode())
@@ -137,20 +144,29 @@ def test_local_sqlite_and_postgresql_pass() -> None:
     assert sqlite_path("sqlite://") is None
 
 
-def test_slurm_refuses_sqlite_on_a_network_file_system(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    "command",
+    [["slurm", "--array", "2"], ["worker"], ["launch", "--workers", "2"]],
+    ids=["slurm", "worker", "launch"],
+)
+def test_sqlite_on_a_network_file_system_is_refused_by_each_command(
+    command: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # The mount table says tmp_path is an NFS export; nothing else about the machine changes.
     mounts = tmp_path / "mounts"
     mounts.write_text(f"/dev/vda / ext4 rw 0 0\nfs1:/export {tmp_path} nfs4 rw 0 0\n")
     monkeypatch.setattr("storage._filesystem.MOUNTS_FILE", str(mounts))
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    code, out, err = lrstudy(["slurm", "--storage", url, "--study", "s", "--array", "2"], capsys)
+    code, out, err = lrstudy([command[0], "--storage", url, "--study", "s", *command[1:]], capsys)
     assert code == 2
     assert out == ""
     assert err.count("\n") == 1
     assert err.startswith("lrstudy: error: the SQLite database")
     assert "nfs4 file system" in err and "PostgreSQL" in err
+    assert not (tmp_path / "study.db").exists()
 
 
 # --- the plan and its script ----------------------------------------------------------------
@@ -207,6 +223,7 @@ def test_dry_run_prints_the_script_without_the_url_and_submits_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = create_study(tmp_path)
+    folder = slurm_folder(tmp_path, url)
     argv = ["slurm", "--storage", url, "--study", "quick", "--array", "3", "--dry-run"]
     code, script, err = lrstudy([*argv, "--time", "04:00:00", "--", "--qos", "low"], capsys)
     assert code == 0, err
@@ -219,7 +236,7 @@ def test_dry_run_prints_the_script_without_the_url_and_submits_nothing(
         "#SBATCH --export=ALL",
         "#SBATCH --time=04:00:00",
         "#SBATCH --qos low",
-        f'#SBATCH --output="{tmp_path}/artifacts/quick/slurm/%A_%a.log"',
+        f'#SBATCH --output="{folder}/%A_%a.log"',
         "slots=(--workers 1)",  # G = 0: one CPU worker per task
     ):
         assert line in lines, line
@@ -229,12 +246,13 @@ def test_dry_run_prints_the_script_without_the_url_and_submits_nothing(
     assert "--storage" not in script
     assert str(tmp_path / "study.db") not in script and "sqlite" not in script
     assert subprocess.run(["bash", "-n"], input=script, text=True, check=False).returncode == 0
-    assert not (tmp_path / "artifacts" / "quick" / "slurm").exists()  # nothing saved
+    assert folder.name == "slurm" and folder.parent.name.startswith("quick-")
+    assert not folder.exists()  # nothing saved
 
     code, script, err = lrstudy([*argv, "--gpus-per-task", "2", "--per-gpu", "2"], capsys)
     assert code == 0, err
     assert "#SBATCH --gres=gpu:2" in script.splitlines()
-    assert 'slots=(--gpus "$CUDA_VISIBLE_DEVICES" --per-gpu 2)' in script
+    assert "slots=(--gpus all --per-gpu 2)" in script
 
 
 def test_script_quotes_what_it_passes_on() -> None:
@@ -261,42 +279,46 @@ def test_a_missing_sbatch_is_one_line(tmp_path: Path) -> None:
 
 # --- on the real cluster ------------------------------------------------------------------------
 
-FAKE_LAUNCHER = """\
-import os, subprocess, sys, time
-print("argv", " ".join(sys.argv[1:]), flush=True)
-print("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"), flush=True)
+WRAPPER = """\
+import subprocess, sys, time
+# The real `lrstudy launch ... --dry-run`, with the task's environment.
+subprocess.run([sys.executable, "-m", "study", *sys.argv[1:]], check=True)
 # An orphan in a session of its own, as a worker is: the script's sweep must end it.
 subprocess.Popen(["sleep", "300"], start_new_session=True)
 time.sleep(4)  # the tasks overlap, so each holds its GPU while the other runs
 """
 
 
-def test_each_gpu_task_gets_its_own_device_and_leaves_nothing_running(
+def test_each_gpu_task_plans_its_own_device_and_leaves_nothing_running(
     slurm_cluster: SlurmCluster, tmp_path: Path
 ) -> None:
-    fake = tmp_path / "fake_launcher.py"
-    fake.write_text(FAKE_LAUNCHER)
+    url = create_study(tmp_path)
+    wrapper = tmp_path / "wrapper.py"
+    wrapper.write_text(WRAPPER)
     plan = SlurmPlan(
-        study="gpus",
+        study="quick",
         array=2,
         log_dir=str(tmp_path),
         gpus_per_task=1,
+        per_gpu=2,
         sbatch_args=("--comment", "lrstudy test"),
-        command=(sys.executable, str(fake)),
+        launch_args=("--dry-run",),
+        command=(sys.executable, str(wrapper)),
     )
     script = tmp_path / "gpus.sbatch"
     script.write_text(render_script(plan))
-    env = {**os.environ, "LRSTUDY_STORAGE": "sqlite:////nowhere/x.db"}
-    job = submit(script, env)
+    job = submit(script, {**os.environ, "LRSTUDY_STORAGE": url})
     assert "Comment=lrstudy test " in slurm_cluster.run("scontrol", "-o", "show", "job", job)
-    slurm_cluster.wait_gone(job, timeout=60)
+    slurm_cluster.wait_gone(job, timeout=90)
     devices = []
     for task in (0, 1):
         log = (tmp_path / f"{job}_{task}.log").read_text()
-        seen = re.search(r"^CUDA_VISIBLE_DEVICES (\S+)$", log, re.M)
-        assert seen, log
-        devices.append(seen.group(1))
-        assert f"argv launch --gpus {seen.group(1)} --per-gpu 1 --study gpus" in log
+        granted = re.search(r", GPUs (\S+)$", log, re.M)
+        assert granted, log
+        devices.append(granted.group(1))
+        # launch --dry-run's plan: two workers, both on the GPU Slurm gave this task.
+        planned = re.findall(r"^\S+  w\d+ gpu(\S+)  CUDA_VISIBLE_DEVICES=(\S+) ", log, re.M)
+        assert planned == [(granted.group(1), granted.group(1))] * 2, log
         assert "stopping what the launcher left running" in log
         assert log.rstrip().endswith("launcher ended with exit code 0")
     assert sorted(devices) == ["0", "1"]
@@ -340,23 +362,24 @@ def test_a_study_runs_to_the_end_through_a_cancelled_and_a_requeued_task(
     # Cells of 40 epochs: a signal sent after a cell's first epoch finds it still training.
     url = create_study(tmp_path, epochs=40)
     code, out, err = lrstudy(
-        ["slurm", "--storage", url, "--study", "quick", "--array", "3"], capsys
+        ["slurm", "--storage", url, "--study", "quick", "--array", "4"], capsys
     )
     assert code == 0, err
-    job = re.search(r"^submitted job (\d+): 3 array task", out, re.M)
+    job = re.search(r"^submitted job (\d+): 4 array task", out, re.M)
     assert job, out
     job_id = job.group(1)
-    folder = tmp_path / "artifacts" / "quick" / "slurm"
+    folder = slurm_folder(tmp_path, url)
     saved = list(folder.glob("*.sbatch"))
     assert len(saved) == 1 and "sqlite" not in saved[0].read_text()
 
-    # Mid-cell, task 1 is told to stop (as by --signal=B:TERM before its time limit) and task
-    # 2 is requeued (Slurm signals every process of it, then starts it again).
-    cancelled, requeued = folder / f"{job_id}_1.log", folder / f"{job_id}_2.log"
-    first_cells = _wait_training([cancelled, requeued], timeout=120)
+    # Mid-cell, task 1 is told to stop (as by --signal=B:TERM before its time limit), task 2
+    # is requeued and task 3 cancelled (Slurm signals every process of each; 2 starts again).
+    stopped, requeued, cancelled = (folder / f"{job_id}_{task}.log" for task in (1, 2, 3))
+    first_cells = _wait_training([stopped, requeued, cancelled], timeout=150)
     slurm_cluster.run("scancel", "--batch", "--signal=TERM", f"{job_id}_1")
     slurm_cluster.run("scontrol", "requeue", f"{job_id}_2")
-    slurm_cluster.wait_gone(job_id, timeout=180)
+    slurm_cluster.run("scancel", f"{job_id}_3")
+    slurm_cluster.wait_gone(job_id, timeout=240)
 
     study = optuna.load_study(study_name="quick", storage=url)
     trials = study.get_trials(deepcopy=False)
@@ -365,17 +388,27 @@ def test_a_study_runs_to_the_end_through_a_cancelled_and_a_requeued_task(
     assert len(per_cell) == 12 and set(per_cell.values()) == {1}, per_cell
     assert not [t for t in trials if t.state in (optuna.trial.TrialState.WAITING,
                                                  optuna.trial.TrialState.RUNNING)]  # fmt: skip
+    logs = "".join(log.read_text() for log in folder.glob(f"{job_id}_*.log"))
     for number in first_cells:  # put back in the queue as interrupted, not found stale later
-        assert trials[number].state == optuna.trial.TrialState.FAIL
-        assert trials[number].user_attrs.get("error") == "interrupted"
+        interrupted = trials[number]
+        assert interrupted.state == optuna.trial.TrialState.FAIL
+        assert interrupted.user_attrs.get("error") == "interrupted"
+        # ... and finished by another task from the epochs it had checkpointed.
+        lr, seed = interrupted.params["learning_rate"], interrupted.params["seed"]
+        resumed = re.search(
+            rf"cell small_cnn lr={lr:g} seed={seed}: resuming after epoch (\d+)", logs
+        )
+        assert resumed and int(resumed.group(1)) >= 1, (lr, seed)
 
-    stopped = cancelled.read_text()
-    assert "SIGTERM; passing it on to the launcher" in stopped
-    assert stopped.rstrip().endswith("launcher ended with exit code 143")
+    text = stopped.read_text()
+    assert "SIGTERM; passing it on to the launcher" in text
+    assert text.rstrip().endswith("launcher ended with exit code 143")
     again = requeued.read_text()
     assert "SIGTERM went to the whole job; the launcher has it too" in again
     assert "restart 1, GPUs none" in again  # it ran again ...
     assert again.rstrip().endswith("launcher ended with exit code 0")  # ... to the end
     assert slurm_cluster.job_field(f"{job_id}_2", "Restarts") == "1"
+    assert "SIGTERM went to the whole job" in cancelled.read_text()
+    assert slurm_cluster.job_field(f"{job_id}_3", "JobState") == "CANCELLED"
     assert (folder / f"{job_id}_0.log").read_text().rstrip().endswith("exit code 0")
     assert tagged_processes(slurm_cluster) == []

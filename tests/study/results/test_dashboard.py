@@ -150,8 +150,11 @@ def test_the_note_has_protocol_tables_and_the_plain_sentence(finished) -> None:
     assert "**Protocol:** inception_v3 (imagenet weights), 224 px, 4 epochs, batch 8" in note
     assert "12 of 12 cells complete" in note
     assert results.headline() in note and "paired t-tests over seeds, Holm-corrected" in note
-    for title in ("(Table 4)", "(Table 5)", "(Table 6)"):
+    for title in ("(Table 4)", "(Table 5)", "(Table 6)", "## Paired comparisons"):
         assert title in note
+    # "the paired tests below": every pair of the four rates, over seeds, for each metric.
+    over_seeds = note.split("### Over seeds", 1)[1].split("\n### ", 1)[0]
+    assert over_seeds.count("| lr ") + over_seeds.count("| learning rate ") >= 6
 
 
 def test_views_of_a_running_study_say_what_is_missing(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
+from statsmodels.stats.power import TTestPower
 
 from study.results._paired import (
     MAX_SEEDS,
@@ -102,6 +103,19 @@ def test_seeds_needed_reach_the_power_by_simulation_and_one_fewer_does_not(d: fl
     assert _simulated_power(d, seeds, rng) > 0.8 - 0.015
     if seeds > 2:
         assert _simulated_power(d, seeds - 1, rng) < 0.8 + 0.015
+
+
+@pytest.mark.parametrize("d", [0.15, 0.3, 0.5, 0.8, 1.2, 2.0, 3.5, 5.0])
+def test_seeds_needed_is_where_statsmodels_power_first_reaches_80_percent(d: float) -> None:
+    # statsmodels' power function is the reference where it is finite: below 0.8 for d up to
+    # about 5.9 (it turns NaN near power 1 and at n = 2 for larger d).
+    n = np.arange(2, MAX_SEEDS + 1)
+    reference = TTestPower().power(effect_size=d, nobs=n, alpha=0.05, alternative="two-sided")
+    first = int(np.flatnonzero(reference >= 0.8)[0])
+    assert np.isfinite(reference[: first + 1]).all()
+    expected = int(n[first])
+    assert seeds_needed(0.01 * d, 0.01).seeds == expected
+    assert seeds_needed(-0.01 * d, 0.01).seeds == expected
 
 
 def test_seeds_needed_known_values_and_sign() -> None:
