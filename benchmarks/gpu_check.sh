@@ -33,7 +33,7 @@ benchmark_args=()
 timeout 300 python3 benchmarks/jax_determinism_probe.py --out "$out/determinism.json" 2>&1 \
     | tee -a "$out/gpu.txt"
 if [[ "${PIPESTATUS[0]}" -ne 0 ]]; then
-    benchmark_args=(--no-deterministic --stages solo,packed,eager)
+    benchmark_args=(--no-deterministic --stages solo,packed,steps,eager)
     echo "note: deterministic kernels refused (determinism.json says why); measuring without" \
         | tee -a "$out/gpu.txt"
 fi

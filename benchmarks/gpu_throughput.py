@@ -60,7 +60,7 @@ from study.spec import PRESETS  # noqa: E402  (after the path fix above)
 from trainer import PAPER_COUNTS  # noqa: E402
 
 _MESSAGE = "@@ "  # prefix of a child's protocol lines; anything else it prints is passed on
-STAGES = ("solo", "packed", "determinism", "eager")
+STAGES = ("solo", "packed", "steps", "determinism", "eager")
 # Relative error of float32 products at the default precision against true fp32 above which
 # they ran in reduced precision (TF32 rounds to 10 mantissa bits, about 5e-4; fp32 sums that
 # only reorder stay near 1e-6).
@@ -69,11 +69,13 @@ _TF32_ERROR = 1e-4
 
 @dataclass(frozen=True)
 class Variant:
-    """How a model is compiled: precision and XLA."""
+    """How a model is compiled: precision, XLA and training steps per call
+    (``train.steps_per_execution``)."""
 
     name: str
     mixed_precision: bool
     jit_compile: bool
+    steps_per_execution: int = 1
 
 
 VARIANTS = {
@@ -82,9 +84,13 @@ VARIANTS = {
         Variant("fp32-xla", mixed_precision=False, jit_compile=True),
         Variant("mixed-xla", mixed_precision=True, jit_compile=True),
         Variant("fp32-eager", mixed_precision=False, jit_compile=False),
+        Variant("fp32-xla-spe4", mixed_precision=False, jit_compile=True, steps_per_execution=4),
+        Variant("fp32-xla-spe16", mixed_precision=False, jit_compile=True, steps_per_execution=16),
     )
 }
 COMPILED = ("fp32-xla", "mixed-xla")
+# The steps stage: the paper's variant at 1, 4 and 16 training steps per call, at batch 8.
+STEPS = ("fp32-xla", "fp32-xla-spe4", "fp32-xla-spe16")
 
 
 @dataclass(frozen=True)
@@ -319,6 +325,7 @@ def _parent(args: argparse.Namespace, sizes: Sizes, stages: list[str]) -> int:
     stage_of: dict[str, Callable[[_Bench], None]] = {
         "solo": _stage_solo,
         "packed": _stage_packed,
+        "steps": _stage_steps,
         "determinism": _stage_determinism,
         "eager": _stage_eager,
     }
@@ -379,6 +386,17 @@ def _stage_packed(bench: _Bench) -> None:
     bench.stop(packed)
 
 
+def _stage_steps(bench: _Bench) -> None:
+    """One worker at the paper's batch with 1, 4 and 16 training steps per call: what
+    ``train.steps_per_execution`` saves in host round trips, to choose its default."""
+    sizes = bench.sizes
+    child = bench.start(0, 1, bench.deterministic)
+    bench.hello([child])
+    for variant in STEPS:
+        bench.fit(child, variant, sizes.batch, sizes.images, sizes.seconds)
+    bench.stop([child])
+
+
 def _stage_determinism(bench: _Bench) -> None:
     """One worker's cell start and grid epoch with the deterministic kernels the other way."""
     other = not bench.deterministic
@@ -432,7 +450,7 @@ def _summarize(report: dict[str, Any], sizes: Sizes) -> None:
         run["train_tflops"] = achieved
         rate = tflops.get(precision) if precision else None
         run["of_matmul_rate"] = achieved / rate if achieved and rate else None
-        ceiling = ceilings.get((run["variant"], run["deterministic"]))
+        ceiling = ceilings.get((_one_step(run["variant"]), run["deterministic"]))
         run["of_ceiling"] = run["images_per_s"] / ceiling if ceiling else None
     report["grid_projection"] = []
     for variant in COMPILED:
@@ -455,6 +473,14 @@ def _summarize(report: dict[str, Any], sizes: Sizes) -> None:
             projection = project(sizes.grid, workers, starts[1], warm, epochs)
             if projection is not None:
                 report["grid_projection"].append({"variant": variant, **projection})
+
+
+def _one_step(name: str) -> str:
+    """The variant that compiles as ``name`` does with one step per call: its ceiling's."""
+    v = VARIANTS[name]
+    same = (v.mixed_precision, v.jit_compile, 1)
+    return next(o.name for o in VARIANTS.values()
+                if (o.mixed_precision, o.jit_compile, o.steps_per_execution) == same)  # fmt: skip
 
 
 def project(
@@ -710,6 +736,7 @@ class _Worker:
             learning_rate=1e-4,
             mixed_precision=variant.mixed_precision,
             jit_compile=variant.jit_compile,
+            steps_per_execution=variant.steps_per_execution,
         )
         return self.models[name]
 
@@ -742,7 +769,8 @@ class _Worker:
         model = self.model(name)
         part = _head(self.parts["pool"], images)
         begun = time.perf_counter()
-        _fit(model, _head(part, batch), batch, 0)  # compiles the step at this batch
+        # Compiles the step at this batch (one call of steps_per_execution steps).
+        _fit(model, _head(part, batch * VARIANTS[name].steps_per_execution), batch, 0)
         warmup = time.perf_counter() - begun
         fits, begun = 0, time.perf_counter()
         while fits == 0 or time.perf_counter() - begun < seconds:

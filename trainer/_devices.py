@@ -11,8 +11,8 @@ GPU_MEMORY_ENV = "LRSTUDY_TF_GPU_MEMORY_MB"
 
 # The CUDA builds of each backend; pyproject's extras `gpu` and `jax-cuda` install them.
 CUDA_BUILDS = {
-    "tensorflow": "pip install 'lrstudy[gpu]' (tensorflow[and-cuda])",
-    "jax": "pip install 'lrstudy[jax-cuda]' (jax[cuda12])",
+    "tensorflow": "pip install 'tensorflow[and-cuda]' (lrstudy's extra gpu)",
+    "jax": "pip install 'jax[cuda12]' (lrstudy's extra jax-cuda)",
 }
 
 
@@ -31,8 +31,11 @@ def require_gpu(slot: str) -> None:
     import keras
 
     backend = keras.backend.backend()
-    if keras.distribution.list_devices("gpu"):
-        return
+    try:
+        if keras.distribution.list_devices("gpu"):
+            return
+    except RuntimeError:  # A CPU-only jaxlib has no "gpu" platform to list at all.
+        pass
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     fix = CUDA_BUILDS.get(backend, f"install a CUDA build of {backend}")
     raise InputError(

@@ -116,6 +116,8 @@ def test_the_gpu_benchmark_runs_tiny_without_tensorflow(tmp_path: Path) -> None:
         ("epoch", "mixed-xla", True, 8, 1), ("epoch", "mixed-xla", True, 8, 2),
         ("epoch", "fp32-xla", False, 8, 1),
         ("fit", "fp32-eager", True, 8, 1), ("fit", "fp32-eager", True, 32, 1),
+        ("fit", "fp32-xla", True, 8, 1), ("fit", "fp32-xla-spe4", True, 8, 1),
+        ("fit", "fp32-xla-spe16", True, 8, 1),
     }  # fmt: skip
     for key, run in runs.items():
         assert run["images_per_s"] > 0 and len(run["step_ms"]) == run["workers"]
