@@ -88,9 +88,10 @@ def upload_cell_files(trial: optuna.Trial, store: ArtifactStore, out_dir: str | 
 
 
 def keep_traceback(
-    trial: optuna.Trial, store: ArtifactStore, out_dir: str | Path, text: str
+    trial: optuna.Trial, store: ArtifactStore | None, out_dir: str | Path, text: str
 ) -> Path | None:
-    """Write a failed trial's traceback into its cell's folder and attach it to the trial.
+    """Write a failed trial's traceback into its cell's folder and attach it to the trial
+    (when ``store``, the study's artifact store, could be opened).
 
     The file outlives the database row and the artifact shows in optuna-dashboard; the path is
     recorded on the trial for ``lrstudy status``. Never raises: the full disk or the lost
@@ -112,7 +113,8 @@ def keep_traceback(
         return None
     try:
         _attrs.record_traceback_file(trial, str(path))
-        upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+        if store is not None:
+            upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
     except Exception as error:  # whatever it is, the trial's own failure matters more
         _logger.warning("trial %d: cannot attach its traceback %s: %s", trial.number, path, error)
     return path

@@ -43,9 +43,10 @@ class CellObjective:
 
     Note:
         A diverged cell is a result of its learning rate, not an error: the trial completes with
-        ``diverged = true`` and returns the validation accuracy measured after divergence (NaN
-        predictions count as wrong, so it is a number). Optuna refuses NaN for a complete
-        trial; only an empty validation part could give one, and that fails the trial.
+        ``diverged = true`` and returns the validation accuracy measured after divergence (a NaN
+        prediction counts as NORMAL, as in Keras's accuracy, so it is a number). Optuna refuses
+        NaN for a complete trial; only an empty validation part could give one, and that fails
+        the trial.
 
         A cell whose out_dir holds a checkpoint (an earlier try was killed) resumes from it.
 
@@ -65,14 +66,15 @@ class CellObjective:
             axis: trial.suggest_categorical(axis, list(grid[axis])) for axis in self.spec.grid
         }
         folder = study_folder(study.artifacts, study.name, _attrs.study_uid(trial.study))
-        config = cell_config(self.spec, params, folder=folder)
-        store = artifact_store(folder)
         key = cell_key(params)
-        try:
+        store = None
+        try:  # a cell that cannot even be configured keeps its traceback too
+            config = cell_config(self.spec, params, folder=folder)
+            store = artifact_store(folder)
             return self._train(trial, key, config, store)
         except Exception:
             header = f"study {study.name}, trial {trial.number}, cell {key}\n\n"
-            keep_traceback(trial, store, config.out_dir, header + traceback.format_exc())
+            keep_traceback(trial, store, folder / key, header + traceback.format_exc())
             raise
 
     def _train(

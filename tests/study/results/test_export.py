@@ -544,6 +544,25 @@ def test_a_study_trained_by_the_real_objective_exports_like_the_paper(
     # The real predictions files, read from the artifact store, feed the figures and the
     # per-trial intervals: none is reported missing.
     assert "not found" not in done.stderr and "no artifact store" not in done.stderr
-    assert all("ci95" in r["test"] for r in summary["trials"])
-    assert len(summary["paired"]) == 6 * 3 + 6 * 3 * 2
-    assert (out / "roc.png").is_file() or "no ROC curve" in done.stderr
+    metrics = {"accuracy", "precision", "recall", "specificity", "f1", "roc_auc"}
+    for record in summary["trials"]:
+        test = record["test"]
+        assert metrics <= set(test["ci95"]), record["trial"]
+        for name in metrics:
+            low, high = test["ci95"][name]
+            assert 0.0 <= low <= high <= 1.0 and low <= test[name] <= high, (record["trial"], name)
+        assert 0.0 <= test["brier"] <= 1.0
+        assert {"threshold", "sensitivity", "specificity"} <= set(test["youden"])
+    paired = summary["paired"]
+    assert len(paired) == 6 * 3 + 6 * 3 * 2
+    keys = {"metric", "a", "b", "seed", "test", "statistic", "p", "p_holm"}
+    assert all(set(t) >= keys for t in paired)
+    labels = {group["label"] for group in summary["groups"]}
+    assert {t["a"] for t in paired} | {t["b"] for t in paired} <= labels
+    over_seeds = [t for t in paired if t["seed"] is None]
+    assert {t["metric"] for t in over_seeds} == {"val_accuracy", "val_loss", "test_roc_auc"}
+    per_seed = [t for t in paired if t["seed"] is not None]
+    assert sorted({t["test"] for t in per_seed}) == ["DeLong", "McNemar"]
+    assert all(t["p_holm"] is None or t["p_holm"] >= t["p"] for t in paired)
+    for figure in ("roc.png", "reliability.png"):
+        assert (out / figure).is_file(), figure
