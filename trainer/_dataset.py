@@ -132,7 +132,7 @@ def load_dataset(config: DataConfig, image_size: int, *, workers: int | None = N
     if not _is_int(image_size) or image_size < 8:
         raise InputError(
             f"image_size must be an integer of at least 8 pixels; got {image_size!r}. "
-            "Use e.g. --image-size 224."
+            "Use e.g. 224."
         )
     scanned = scan(config.folder())
     records = with_patient_key(scanned.records, config.patient_key)

@@ -48,8 +48,8 @@ class BatchFeed(keras.utils.PyDataset):
             )
         if len(part) == 0:
             raise InputError(
-                f"the {part.name} part holds no image; use --split paper or --split ratios, "
-                "or a larger --limit-per-class."
+                f"the {part.name} part holds no image; use split \"paper\" or \"ratios\", "
+                "or a larger limit_per_class."
             )
         self.part = part
         self.batch_size = batch_size

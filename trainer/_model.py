@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from trainer import _checks
 from trainer._errors import InputError
 from trainer._weights import fetch_imagenet_weights
 
@@ -105,6 +106,7 @@ def build_base(model: str, image_size: int, weights: str = "none") -> keras.Mode
     """
     import keras
 
+    _checks.choice(MODELS)("model", model)  # the config's own check, for library callers
     shape = (image_size, image_size, 3)
     if model == "inception_v3":
         base = keras.applications.InceptionV3(
@@ -113,7 +115,7 @@ def build_base(model: str, image_size: int, weights: str = "none") -> keras.Mode
             input_shape=shape,
             pooling="avg",
         )
-    elif model == "small_cnn":
+    else:  # small_cnn
         base = keras.Sequential(
             [
                 keras.Input(shape=shape),
@@ -126,8 +128,6 @@ def build_base(model: str, image_size: int, weights: str = "none") -> keras.Mode
             ],
             name="small_cnn",
         )
-    else:
-        raise InputError(f"--model: must be one of {', '.join(MODELS)}; got {model!r}")
     if weights not in ("imagenet", "none"):
         _load_base_weights(base, weights)
     return base
@@ -138,9 +138,8 @@ def _load_base_weights(base: keras.Model, path: str) -> None:
         base.load_weights(path)
     except (OSError, ValueError) as error:
         raise InputError(
-            f"--weights: cannot load {path!r} into {base.name} ({_first_line(error)}); give "
-            "the weights file of the same base (no top) at the same image size, or use "
-            "--weights none"
+            f"weights: cannot load {path!r} into {base.name} ({_first_line(error)}); give "
+            "the weights file of the same base (no top) at the same image size, or \"none\""
         ) from error
 
 
@@ -158,6 +157,5 @@ def _optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
         "sgd": keras.optimizers.SGD,
         "rmsprop": keras.optimizers.RMSprop,
     }
-    if name not in classes:
-        raise InputError(f"--optimizer: must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
+    _checks.choice(OPTIMIZERS)("optimizer", name)  # the config's own check, for library callers
     return classes[name](learning_rate=learning_rate)

@@ -282,7 +282,7 @@ def _fetch_imagenet(spec: StudySpec) -> None:
             fetch_imagenet_weights()
         except InputError as error:
             raise InputError(
-                f"{error}; in a study that is --set train.weights=none or =PATH"
+                f"{error}: in a study, --set train.weights=none or =PATH"
             ) from error
 
 

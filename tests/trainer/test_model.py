@@ -135,7 +135,7 @@ def test_a_weights_file_of_another_base_is_refused_in_one_line(tmp_path: Path) -
     with pytest.raises(InputError) as error:
         build_model("small_cnn", 32, str(path), optimizer="adam", learning_rate=1e-3)
     message = str(error.value)
-    assert "\n" not in message and str(path) in message and "--weights none" in message
+    assert "\n" not in message and str(path) in message and 'or "none"' in message
 
 
 def test_imagenet_weights_offline_fail_at_once_naming_the_way_out(
@@ -152,7 +152,8 @@ def test_imagenet_weights_offline_fail_at_once_naming_the_way_out(
         build_model("inception_v3", 75, "imagenet", optimizer="adam", learning_rate=1e-3)
     assert time.perf_counter() - started < 10  # refused at once, not after a download timeout
     message = str(error.value)
-    assert "\n" not in message and "--weights none" in message and "--weights PATH" in message
+    assert "\n" not in message and 'use weights "none"' in message
+    assert "give its path as weights" in message
 
 
 def _config(tmp_path: Path, **changes: object) -> CellConfig:

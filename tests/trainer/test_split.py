@@ -160,7 +160,9 @@ def test_kaggle_split_keeps_the_folders_and_refuses_a_flat_pool() -> None:
     parts = split_records(records, "kaggle")
     assert parts == {"train": [0, 1, 4], "val": [2], "test": [3]}
     flat = [ImageRecord(path="NORMAL/IM-0001-0001.jpeg", label=0, patient="IM-0001")]
-    with pytest.raises(InputError, match="--split paper or --split ratios"):
+    with pytest.raises(
+        InputError, match='flat NORMAL/PNEUMONIA pool; use split "paper" or "ratios"'
+    ):
         split_records(flat, "kaggle")
 
 

@@ -92,4 +92,4 @@ def test_an_unreachable_origin_is_one_line_naming_the_fix(
         fetch_imagenet_weights(md5=MD5)
     message = str(error.value)
     assert "\n" not in message and "cannot download" in message
-    assert "--weights none" in message
+    assert 'use weights "none"' in message

@@ -161,7 +161,7 @@ def test_bad_folders_end_in_one_line(make_dataset, tmp_path) -> None:
     )
     flat = make_dataset(layout="flat", parts={"all": (4, 4)})
     error = _one_error_line(lrstudy("data", "check", str(flat.root), "--split", "kaggle"))
-    assert "use --split paper or --split ratios" in error
+    assert 'use split "paper" or "ratios"' in error
 
 
 def test_prepare_builds_then_reuses(dataset_dir, tmp_path) -> None:

@@ -159,7 +159,7 @@ def test_imagenet_weights_offline_end_in_one_line_naming_weights_none(
     assert done.returncode == 2
     *progress, line = done.stderr.strip().splitlines()
     assert [entry.split(" INFO ")[-1][:24] for entry in progress] == ["downloading the ImageNet"]
-    assert line.startswith("lrstudy: error: ") and "--weights none" in line, done.stderr
+    assert line.startswith("lrstudy: error: ") and 'use weights "none"' in line, done.stderr
 
 
 def test_skip_bad_trains_past_an_undecodable_image_that_stops_a_plain_run(

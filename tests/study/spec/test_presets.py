@@ -146,6 +146,6 @@ def test_run_preset_paper_without_imagenet_weights_stops_before_creating_the_stu
     assert done.returncode == 2, done.stderr
     *before, line = done.stderr.strip().splitlines()
     assert [entry.split(" INFO ")[-1][:24] for entry in before] == ["downloading the ImageNet"]
-    assert line.startswith("lrstudy: error: --weights imagenet: cannot download ")
-    assert "--set train.weights=none or =PATH" in line
+    assert line.startswith('lrstudy: error: weights "imagenet": cannot download ')
+    assert line.endswith(": in a study, --set train.weights=none or =PATH")
     assert not (tmp_path / "study.db").exists()
