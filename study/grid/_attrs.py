@@ -1,8 +1,10 @@
-"""The names a study keeps its state under, and the only code that writes or reads them.
+"""The names a study keeps its state under, and the code that records and reads a trial's.
 
 Optuna stores strings as keys: a key renamed in one place and not another fails silently. So
-every attribute lrstudy puts on a study or trial is named here, written by a ``record_*``
-function here, and read back as a typed ``TrialRecord`` by everyone else (results, status).
+every attribute lrstudy puts on a study or trial is named here; what a trial records while its
+cell trains is written by a ``record_*`` function here, and everything is read back as a typed
+``TrialRecord`` by everyone else (results, status). The grid's own writes, with these names, are
+creating a study (``_grid``, ``_stored_spec``) and re-queuing a trial (``_retry``).
 """
 
 from __future__ import annotations
