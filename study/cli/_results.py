@@ -39,7 +39,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     export.add_argument(
         "--resamples",
         type=int,
-        default=2000,  # study.results._bootstrap.RESAMPLES, not imported: --help stays fast
         metavar="N",
         help="Bootstrap resamples of the test patients per trial, for the 95%% intervals "
         "(default 2000).",
@@ -79,13 +78,14 @@ def _export(args: argparse.Namespace) -> int:
     from study.results import Review, collect, render, write_export
     from trainer import InputError
 
-    if args.resamples < 1:
+    if args.resamples is not None and args.resamples < 1:
         raise InputError(f"--resamples must be at least 1; got {args.resamples}; e.g. 2000")
     if args.seed < 0:
         raise InputError(f"--seed must be 0 or more; got {args.seed}; e.g. --seed 0")
     url = storage_url(args.storage)
     study = load_grid_study(open_storage(url, existing=True), args.study)
-    review = Review(resamples=args.resamples, seed=args.seed, artifacts=args.artifacts)
+    given = {} if args.resamples is None else {"resamples": args.resamples}
+    review = Review(seed=args.seed, artifacts=args.artifacts, **given)
     results = collect(study, review)
     notes = list(results.notes)
     if args.out is None:

@@ -194,6 +194,7 @@ def study_uid(study: optuna.Study) -> str | None:
 
 
 DEFAULT_MAX_RETRIES = 2
+"""The budget of studies made before it was stored: what every study had then, fixed for them."""
 
 
 def retry_budget(study: optuna.Study) -> int:
