@@ -281,9 +281,7 @@ def _fetch_imagenet(spec: StudySpec) -> None:
         try:
             fetch_imagenet_weights()
         except InputError as error:
-            raise InputError(
-                f"{error}: in a study, --set train.weights=none or =PATH"
-            ) from error
+            raise InputError(f"{error}: in a study, --set train.weights=none or =PATH") from error
 
 
 def _all_complete(study: optuna.Study) -> bool:

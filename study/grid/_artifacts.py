@@ -30,15 +30,22 @@ def study_folder(artifacts: str | Path, study_name: str, uid: str | None) -> Pat
     return Path(artifacts) / (study_name if uid is None else f"{study_name}-{uid[:8]}")
 
 
-def artifact_store(folder: str | Path) -> ArtifactStore:
-    """The artifact store of the study whose folder (``study_folder``) is ``folder``.
+def store_folder(folder: str | Path, named: str = "") -> Path:
+    """Where the artifact store of the study whose folder (``study_folder``) is ``folder`` is.
 
-    It is ``<folder>/dashboard-artifacts``, beside the cells' own folders, so machines that
-    share the artifacts folder (as they must, for resuming) share the store too.
+    The spec's ``study.artifact_store`` names it; by default ("") it is
+    ``<folder>/dashboard-artifacts``, beside the cells' own folders, so machines that share the
+    artifacts folder (as they must, for resuming) share the store too. A store named elsewhere
+    (a share the laptop that exports also mounts) may serve many studies: artifact ids are UUIDs.
     """
+    return Path(named) if named else Path(folder) / ARTIFACT_FOLDER
+
+
+def artifact_store(folder: str | Path, named: str = "") -> ArtifactStore:
+    """The study's artifact store (``store_folder``), made when it is missing: for writers."""
     from optuna.artifacts import FileSystemArtifactStore
 
-    store = Path(folder) / ARTIFACT_FOLDER
+    store = store_folder(folder, named)
     store.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(store))
 
@@ -52,20 +59,25 @@ def existing_artifact_store(
     """A study's artifact store where this machine has one; None otherwise.
 
     Readers (export, dashboard) call this, not ``artifact_store``, which makes missing folders.
+    A store the spec names (``study.artifact_store``) is read where it says.
 
     Args:
         study_name: The study's name.
         user_attrs: The study's user attributes, which hold its spec (``_attrs.SPEC``).
         uid: The study's id (``_attrs.study_uid``); None for studies made before ids.
         artifacts: This machine's artifacts folder, when it is not (or no longer) where the
-            stored spec says. Defaults to `None`: the spec's ``study.artifacts``.
+            stored spec says. Defaults to `None`: the spec's ``study.artifacts``. Used only
+            where the spec names no store of its own.
     """
+    from optuna.artifacts import FileSystemArtifactStore
+
     spec = user_attrs.get(_attrs.SPEC)
-    root = artifacts or (spec["study"]["artifacts"] if isinstance(spec, dict) else None)
-    if not root:
+    section = spec.get("study", {}) if isinstance(spec, dict) else {}
+    named, root = section.get("artifact_store") or "", artifacts or section.get("artifacts")
+    if not named and not root:
         return None
-    folder = study_folder(root, study_name, uid)
-    return artifact_store(folder) if (folder / ARTIFACT_FOLDER).is_dir() else None
+    store = store_folder(study_folder(root or ".", study_name, uid), named)
+    return FileSystemArtifactStore(str(store)) if store.is_dir() else None
 
 
 def upload_cell_files(trial: optuna.Trial, store: ArtifactStore, out_dir: str | Path) -> None:

@@ -70,7 +70,7 @@ class CellObjective:
         store = None
         try:  # a cell that cannot even be configured keeps its traceback too
             config = cell_config(self.spec, params, folder=folder)
-            store = artifact_store(folder)
+            store = artifact_store(folder, study.artifact_store)
             return self._train(trial, key, config, store)
         except Exception:
             header = f"study {study.name}, trial {trial.number}, cell {key}\n\n"

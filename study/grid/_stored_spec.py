@@ -10,6 +10,7 @@ from optuna.storages import BaseStorage
 from study.grid import _attrs
 from study.grid._grid import create_grid_study, load_grid_study
 from study.spec import StudySpec, protocol_differences, spec_from_mapping
+from study.spec._spec import SPEC_KEYS_ADDED_LATER
 from trainer import InputError
 from trainer._config import KEYS_ADDED_LATER
 
@@ -60,7 +61,7 @@ def spec_from_study(study: optuna.Study, storage_url: str) -> StudySpec:
     """The spec stored in a study by ``create_from_spec``, with ``storage_url`` filled in.
 
     A key that did not exist when the study was made takes the value that reproduces what the
-    study ran then (``trainer._config.KEYS_ADDED_LATER``).
+    study ran then (``trainer._config.KEYS_ADDED_LATER``, ``SPEC_KEYS_ADDED_LATER``).
     """
     raw = study.user_attrs.get(_attrs.SPEC)
     if not isinstance(raw, dict):
@@ -70,6 +71,6 @@ def spec_from_study(study: optuna.Study, storage_url: str) -> StudySpec:
         )
     raw = copy.deepcopy(raw)
     raw["study"]["storage"] = storage_url
-    for section, defaults in KEYS_ADDED_LATER.items():
+    for section, defaults in (*KEYS_ADDED_LATER.items(), *SPEC_KEYS_ADDED_LATER.items()):
         raw[section] = {**defaults, **raw.get(section, {})}
     return spec_from_mapping(raw, source=f"study {study.study_name}")

@@ -60,7 +60,8 @@ def attach_lr_find(
             f"study {study.study_name!r} holds no lrstudy spec, so its artifacts folder is "
             "unknown; pass --artifacts DIR"
         )
-    store = artifact_store(study_folder(root, study.study_name, study_uid(study)))
+    named = spec["study"].get("artifact_store", "") if isinstance(spec, dict) else ""
+    store = artifact_store(study_folder(root, study.study_name, study_uid(study)), named)
     figure = lr_find_plotly(result)
     # As in refresh_views: two writers of one figure at once would interleave its chunks.
     with study_lock(study._storage, study.study_name):

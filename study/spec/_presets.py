@@ -21,6 +21,7 @@ PAPER: dict[str, dict[str, Any]] = {
         "objective": "val_accuracy",
         "reduce": "last",
         "artifacts": "lrstudy-artifacts",
+        "artifact_store": "",
     },
     "grid": {
         "learning_rate": [0.1, 0.01, 0.001, 0.0001],
@@ -105,6 +106,7 @@ _NOTES = {
     "study.objective": "the value each trial ends with (maximised)",
     "study.reduce": '"last" epoch\'s value (as the paper) or the "best" epoch\'s',
     "study.artifacts": "checkpoints and predictions; machines may share this folder",
+    "study.artifact_store": 'files export and dashboard read; "": in the study folder',
     "data.root": 'the dataset folder, or "kaggle"; required here or as --data DIR',
     "data.split": '"paper" (Table 2), "kaggle" (folders), "ratios", "paper-by-image" (leaks)',
     "data.ratios": 'train, val, test; used by split = "ratios"',

@@ -31,7 +31,17 @@ REQUIRED_AXES = ("learning_rate", "seed")
 
 # Where files live differs between machines; what is computed must not. Only the protocol keys
 # enter the fingerprint, so a worker on another machine may point these at its own paths.
-LOCATION_KEYS = ("study.name", "study.storage", "study.artifacts", "data.root", "data.cache_dir")
+LOCATION_KEYS = (
+    "study.name",
+    "study.storage",
+    "study.artifacts",
+    "study.artifact_store",
+    "data.root",
+    "data.cache_dir",
+)
+# Keys of the spec's own sections added after studies were stored without them, with the value
+# that means what those studies did (trainer._config.KEYS_ADDED_LATER has the trainer's).
+SPEC_KEYS_ADDED_LATER: dict[str, dict[str, Any]] = {"study": {"artifact_store": ""}}
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,7 @@ class StudySection:
     objective: str
     reduce: str
     artifacts: str
+    artifact_store: str
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,7 @@ class StudySpec:
         data_root: str | None = None,
         cache_dir: str | None = None,
         artifacts: str | None = None,
+        artifact_store: str | None = None,
     ) -> StudySpec:
         """A copy with this machine's locations; None keeps the spec's value."""
         study = self.study
@@ -116,6 +128,8 @@ class StudySpec:
             study = dataclasses.replace(study, storage=storage)
         if artifacts is not None:
             study = dataclasses.replace(study, artifacts=artifacts)
+        if artifact_store is not None:
+            study = dataclasses.replace(study, artifact_store=artifact_store)
         data = self.data
         if data_root is not None:
             data = dataclasses.replace(data, root=data_root)
@@ -133,6 +147,9 @@ class StudySpec:
             data_root=_absolute(self.data.root),
             cache_dir=_absolute(self.data.cache_dir),
             artifacts=_absolute(self.study.artifacts),
+            artifact_store=_absolute(self.study.artifact_store)
+            if self.study.artifact_store
+            else "",
         )
 
 
@@ -231,6 +248,13 @@ def _name(key: str, value: Any) -> str:
     return value
 
 
+def _store_path(key: str, value: Any) -> str:
+    # "" keeps the store in the study's folder; anything else is a folder of its own.
+    if not isinstance(value, str):
+        raise ConfigError(key, 'a folder path, or "" for the study\'s folder', value)
+    return value
+
+
 # The spec's own sections; [train] and [data] are the trainer's configs, checked by them.
 _OWN_CHECKS: dict[str, dict[str, _checks.Check]] = {
     "study": {
@@ -239,6 +263,7 @@ _OWN_CHECKS: dict[str, dict[str, _checks.Check]] = {
         "objective": _checks.choice(OBJECTIVES),
         "reduce": _checks.choice(REDUCES),
         "artifacts": _checks.string,
+        "artifact_store": _store_path,
     },
     "worker": {
         "heartbeat_s": _checks.integer(1),

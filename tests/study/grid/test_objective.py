@@ -147,11 +147,13 @@ def test_a_study_stored_before_the_new_keys_loads_as_the_protocol_it_ran(tmp_pat
     study, created = create_from_spec(open_storage(url), spec)
     assert created
     stored = study.user_attrs[SPEC]
-    for section, key in (("train", "freeze_base"), ("train", "backend"), ("data", "patient_key")):
+    for section, key in (("train", "freeze_base"), ("train", "backend"), ("data", "patient_key"),
+                         ("study", "artifact_store")):  # fmt: skip
         del stored[section][key]
     study.set_user_attr(SPEC, stored)  # as a study made before these keys existed holds it
     old = spec_from_study(study, url)
     assert (old.train.freeze_base, old.train.backend) == (False, "tensorflow")
+    assert old.study.artifact_store == ""  # its store stays in its folder
     assert old.data.patient_key == "person"  # the merged key old studies split by
     # The same protocol given again opens it (the stored fingerprint predates the keys) ...
     assert create_from_spec(open_storage(url), spec)[1] is False

@@ -517,6 +517,8 @@ def test_a_study_trained_by_the_real_objective_exports_like_the_paper(
         "train.epochs": 2, "train.eval_batch_size": 32, "data.split": "kaggle",
         "data.limit_per_class": 6, "data.cache_dir": cache_dir, "study.name": "real",
         "study.artifacts": str(tmp_path / "artifacts"),
+        # An artifact store the spec names, away from the checkpoints (a share, say).
+        "study.artifact_store": str(tmp_path / "store"),
     }  # fmt: skip
     sets: list[str] = []
     for key, value in overrides.items():
@@ -566,3 +568,15 @@ def test_a_study_trained_by_the_real_objective_exports_like_the_paper(
     assert all(t["p_holm"] is None or t["p_holm"] >= t["p"] for t in paired)
     for figure in ("roc.png", "reliability.png"):
         assert (out / figure).is_file(), figure
+    assert not list((tmp_path / "artifacts").glob("real-*/dashboard-artifacts"))
+    # With the checkpoints' folder gone, the named store alone still gives every prediction.
+    shutil.rmtree(tmp_path / "artifacts")
+    again = lrstudy("export", "--storage", url, "--study", "real", "--out", str(tmp_path / "b"),
+                    "--resamples", "50")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "not found" not in again.stderr and "no artifact store" not in again.stderr
+    moved = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert [r["test"]["youden"] for r in moved["trials"]] == [
+        r["test"]["youden"] for r in summary["trials"]
+    ]
+    assert (tmp_path / "b" / "roc.png").is_file()
