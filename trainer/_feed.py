@@ -48,7 +48,7 @@ class BatchFeed(keras.utils.PyDataset):
             )
         if len(part) == 0:
             raise InputError(
-                f"the {part.name} part holds no image; use split \"paper\" or \"ratios\", "
+                f'the {part.name} part holds no image; use split "paper" or "ratios", '
                 "or a larger limit_per_class."
             )
         self.part = part

@@ -139,7 +139,7 @@ def _load_base_weights(base: keras.Model, path: str) -> None:
     except (OSError, ValueError) as error:
         raise InputError(
             f"weights: cannot load {path!r} into {base.name} ({_first_line(error)}); give "
-            "the weights file of the same base (no top) at the same image size, or \"none\""
+            'the weights file of the same base (no top) at the same image size, or "none"'
         ) from error
 
 

@@ -44,7 +44,7 @@ def split_records(
         if any(record.folder_part is None for record in records):
             raise InputError(
                 "split 'kaggle' needs the train/val/test folders, but the data folder is a "
-                "flat NORMAL/PNEUMONIA pool; use split \"paper\" or \"ratios\"."
+                'flat NORMAL/PNEUMONIA pool; use split "paper" or "ratios".'
             )
         return {
             part: [i for i, record in enumerate(records) if record.folder_part == part]

@@ -75,7 +75,7 @@ def fetch_imagenet_weights(*, origin: str | None = None, md5: str = IMAGENET_MD5
             got = _md5(partial)
             if got != md5:
                 raise InputError(
-                    f"weights \"imagenet\": {url} gave a file with MD5 {got}, not Keras's "
+                    f'weights "imagenet": {url} gave a file with MD5 {got}, not Keras\'s '
                     f"{md5} (a proxy's error page?); check the download, or give the path of "
                     "a weights file as weights"
                 )
@@ -93,8 +93,8 @@ def _download(url: str, path: Path) -> None:
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", None) or error
         raise InputError(
-            f"weights \"imagenet\": cannot download {IMAGENET_FILE} from {url} ({reason}); "
-            "use weights \"none\", or copy that file here and give its path as weights"
+            f'weights "imagenet": cannot download {IMAGENET_FILE} from {url} ({reason}); '
+            'use weights "none", or copy that file here and give its path as weights'
         ) from error
 
 

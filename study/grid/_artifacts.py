@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +19,9 @@ _logger = logging.getLogger(__name__)
 
 ARTIFACT_FOLDER = "dashboard-artifacts"
 TRACEBACK_PREFIX = "traceback-trial-"
-"""A failed trial's traceback file in its cell's folder is ``traceback-trial-<number>.txt``."""
+"""A failed trial's traceback file in its cell's folder is ``traceback-trial-<number>.txt``; its
+artifact is ``traceback-trial-<number>.jsonl``, a row per line, which optuna-dashboard's
+artifact viewer shows as a table (it previews only images, media, CSV and JSONL)."""
 
 
 def study_folder(artifacts: str | Path, study_name: str, uid: str | None) -> Path:
@@ -102,8 +106,8 @@ def upload_cell_files(trial: optuna.Trial, store: ArtifactStore, out_dir: str | 
 def keep_traceback(
     trial: optuna.Trial, store: ArtifactStore | None, out_dir: str | Path, text: str
 ) -> Path | None:
-    """Write a failed trial's traceback into its cell's folder and attach it to the trial
-    (when ``store``, the study's artifact store, could be opened).
+    """Write a failed trial's traceback into its cell's folder and attach it to the trial as
+    rows of JSONL (when ``store``, the study's artifact store, could be opened).
 
     The file outlives the database row and the artifact shows in optuna-dashboard; the path is
     recorded on the trial for ``lrstudy status``. Never raises: the full disk or the lost
@@ -126,7 +130,16 @@ def keep_traceback(
     try:
         _attrs.record_traceback_file(trial, str(path))
         if store is not None:
-            upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+            with tempfile.TemporaryDirectory() as scratch:
+                rows = Path(scratch) / path.with_suffix(".jsonl").name
+                rows.write_text(
+                    "".join(
+                        json.dumps({"line": number, "text": line}) + "\n"
+                        for number, line in enumerate(text.splitlines(), start=1)
+                    ),
+                    encoding="utf-8",
+                )
+                upload_artifact(artifact_store=store, file_path=str(rows), study_or_trial=trial)
     except Exception as error:  # whatever it is, the trial's own failure matters more
         _logger.warning("trial %d: cannot attach its traceback %s: %s", trial.number, path, error)
     return path

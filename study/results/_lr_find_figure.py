@@ -24,7 +24,8 @@ _DPI = 120
 class _Marks:
     """What both figures draw besides the curves."""
 
-    title: str
+    title: str  # short enough for optuna-dashboard's half-width card
+    detail: str  # the run: model, seed, why it stopped
     steepest: tuple[float, float] | None  # (rate, smoothed loss)
     divergence: float | None
     grid: tuple[float, ...]  # empty when the curve gives no suggestion
@@ -54,7 +55,8 @@ def lr_find_png(result: LrFindResult, path: str | os.PathLike[str]) -> None:
         )
     axes.set_xscale("log")
     axes.set_ylim(0, marks.y_top)
-    axes.set(xlabel="learning rate", ylabel="training loss", title=marks.title)
+    title = f"{marks.title} ({marks.detail})"
+    axes.set(xlabel="learning rate", ylabel="training loss", title=title)
     axes.grid(alpha=0.3, which="both")
     axes.legend()
     figure.tight_layout()
@@ -65,6 +67,8 @@ def lr_find_png(result: LrFindResult, path: str | os.PathLike[str]) -> None:
 def lr_find_plotly(result: LrFindResult) -> go.Figure:
     """``result`` as a Plotly figure, for optuna-dashboard."""
     import plotly.graph_objects as go
+
+    from study.results._views import card_layout
 
     marks = _marks(result)
     rates = [row.learning_rate for row in result.rows]
@@ -105,7 +109,7 @@ def lr_find_plotly(result: LrFindResult) -> go.Figure:
         figure.add_trace(_vertical(marks.divergence, marks.y_top, name, "#d62728", "dash", 0))
     figure.update_xaxes(type="log", title_text="learning rate")
     figure.update_yaxes(range=[0, marks.y_top], title_text="training loss")
-    figure.update_layout(title=marks.title)
+    card_layout(figure, title=marks.title, key=marks.detail)
     return figure
 
 
@@ -120,7 +124,8 @@ def _marks(result: LrFindResult) -> _Marks:
         steepest = (row.learning_rate, row.smoothed_loss)
     stop = f", stopped: {result.stopped_early}" if result.stopped_early else ""
     return _Marks(
-        title=f"Learning-rate range test ({result.config.model}, seed {result.config.seed}{stop})",
+        title="Learning-rate range test",
+        detail=f"{result.config.model}, seed {result.config.seed}{stop}",
         steepest=steepest,
         divergence=result.divergence_lr,
         grid=grid,

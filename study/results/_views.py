@@ -131,7 +131,7 @@ def comparison_figure(results: StudyResults) -> go.Figure:
     for column, (metric, series) in enumerate(seen.items(), start=1):
         figure.update_yaxes(range=_padded(series, metric), row=1, col=column)
     figure.update_xaxes(title_text="epoch")
-    _card_layout(
+    card_layout(
         figure,
         title="Learning rates: validation curves",
         key=f"{results.complete}/{results.cells} cells · line: mean · band: 95% t-interval "
@@ -193,7 +193,7 @@ def test_figure(results: StudyResults) -> go.Figure:
             )
     figure.update_xaxes(type="category", title_text="learning rate")
     figure.update_yaxes(range=[0, 1.02])
-    _card_layout(
+    card_layout(
         figure,
         title="Learning rates: test metrics",
         key="dots: seeds · bar: mean, 95% t-interval over seeds (cut at 0 and 1) · threshold 0.5",
@@ -201,7 +201,9 @@ def test_figure(results: StudyResults) -> go.Figure:
     return figure
 
 
-def _card_layout(figure: go.Figure, *, title: str, key: str) -> None:
+def card_layout(figure: go.Figure, *, title: str, key: str) -> None:
+    """A short title, the key on the line below it and the legend under the plot: a figure
+    legible in optuna-dashboard's half-width card."""
     figure.update_layout(
         title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 15}},
         margin={"t": 86, "l": 50, "r": 10, "b": 40},

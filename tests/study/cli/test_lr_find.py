@@ -196,8 +196,9 @@ def test_the_dashboard_serves_the_curve_beside_the_refreshed_comparison_figure(
         item["id"]: json.loads(item["graph_object"]) for item in detail["plotly_graph_objects"]
     }
     assert {FIGURE_ID, LR_FIND_FIGURE_ID} <= set(figures)
-    title = figures[LR_FIND_FIGURE_ID]["layout"]["title"]["text"]
-    assert title.startswith("Learning-rate range test (small_cnn, seed 0")
+    figure = figures[LR_FIND_FIGURE_ID]["layout"]
+    assert figure["title"]["text"] == "Learning-rate range test"
+    assert figure["annotations"][0]["text"].startswith("small_cnn, seed 0")
     (png,) = [m for m in get_all_artifact_meta(study) if m.filename == "lr_find.png"]
     with urllib.request.urlopen(f"{dashboard}/artifacts/{study._study_id}/{png.artifact_id}") as r:
         assert r.headers["Content-Type"] == "image/png"

@@ -302,13 +302,16 @@ def test_a_raising_cell_keeps_its_traceback_as_a_file_and_an_artifact(tmp_path: 
     text = path.read_text()
     assert text.startswith("study tb, trial 0, cell learning_rate=0.1__seed=0\n\nTraceback")
     assert record.error is not None and record.error.split(": ")[0] in text
+    # The artifact is JSONL, a row per line, which the dashboard's viewer shows as a table.
     (meta,) = get_all_artifact_meta(trial, storage=study._storage)
-    assert (meta.filename, meta.mimetype) == ("traceback-trial-0.txt", "text/plain")
-    copy = tmp_path / "downloaded.txt"
+    assert meta.filename == "traceback-trial-0.jsonl"
+    copy = tmp_path / "downloaded.jsonl"
     download_artifact(
         artifact_store=artifact_store(folder), artifact_id=meta.artifact_id, file_path=str(copy)
     )
-    assert copy.read_text() == text
+    rows = [json.loads(line) for line in copy.read_text().splitlines()]
+    assert [row["line"] for row in rows] == list(range(1, len(rows) + 1))
+    assert "\n".join(row["text"] for row in rows) == text.rstrip("\n")
     assert f"(traceback: {path})" in status_table(study)
     assert [s.key for s in failed_for_good(study)] == ["learning_rate=0.1__seed=0"]
     assert json.dumps(trial.user_attrs)  # JSON-safe

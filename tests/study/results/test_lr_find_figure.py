@@ -89,8 +89,10 @@ def test_the_plotly_figure_marks_the_grid_the_steepest_point_and_the_stop() -> N
     top = 1.2 * max(row.smoothed_loss for row in result.curve)
     assert figure["layout"]["yaxis"]["range"] == pytest.approx([0, top])
     assert top < 28
-    title = figure["layout"]["title"]["text"]
-    assert "small_cnn" in title and "seed 3" in title and "stopped: diverged" in title
+    # A title that fits the dashboard's half-width card; the run in the line below it.
+    assert figure["layout"]["title"]["text"] == "Learning-rate range test"
+    (detail,) = [a["text"] for a in figure["layout"]["annotations"]]
+    assert detail == "small_cnn, seed 3, stopped: diverged"
 
 
 def test_a_curve_without_a_suggestion_is_drawn_with_only_its_curves(tmp_path: Path) -> None:
@@ -141,7 +143,8 @@ def test_the_attached_curve_sits_beside_the_comparison_figure_through_refreshes(
     attach_lr_find(study, _result(np.linspace(0.7, 0.9, 30)), files)
     figures = get_plotly_graph_objects(study._storage.get_study_system_attrs(study._study_id))
     assert {FIGURE_ID, LR_FIND_FIGURE_ID} <= set(figures)
-    assert "stopped" not in json.loads(figures[LR_FIND_FIGURE_ID])["layout"]["title"]["text"]
+    (detail,) = json.loads(figures[LR_FIND_FIGURE_ID])["layout"]["annotations"]
+    assert "stopped" not in detail["text"]
     assert len(get_all_artifact_meta(fresh)) == 4
 
 
