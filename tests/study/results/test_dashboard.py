@@ -267,6 +267,11 @@ def test_the_dashboard_shows_12_trials_the_figure_and_the_note(
             # The selected trial shows its flat metrics and its artifacts.
             page.get_by_text("test_roc_auc").first.wait_for()
             page.get_by_text("predictions.csv").first.wait_for()
+            # The artifact viewer opens a CSV artifact as a table of its columns.
+            page.get_by_role("button", name="show artifact table").first.click()
+            header = page.get_by_role("columnheader", name=re.compile(r"^(probability|val_loss)"))
+            header.first.wait_for(timeout=30_000)
+            page.keyboard.press("Escape")
 
             page.goto(f"{base}/dashboard/studies/{study_id}")
             for title in ("Learning rates: validation curves", "Learning rates: test metrics"):
