@@ -26,38 +26,54 @@ FLAG = "--xla_gpu_deterministic_ops=true"
 # Inception V3 at 224 px: its first max pool takes 109 x 109 x 64 maps at batch 8.
 _SHAPE = (8, 109, 109, 64)
 _CHILD = """
-import json, sys
+import json, sys, time
 import jax, jax.numpy as jnp
 from jax import lax
 def loss(x):
     pooled = lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
     return jnp.sum(pooled ** 2)
 x = jax.random.normal(jax.random.key(0), tuple(json.loads(sys.argv[1])), jnp.float32)
-platform = jax.devices()[0].platform
+device = jax.devices()[0]
+answer = {"platform": device.platform, "device": device.device_kind, "jax": jax.__version__}
+begun = time.perf_counter()
 try:
-    jax.jit(jax.grad(loss)).lower(x).compile()(x).block_until_ready()
+    gradient = jax.jit(jax.grad(loss)).lower(x).compile()
 except Exception as error:
-    print(json.dumps({"platform": platform, "error": f"{type(error).__name__}: {error}"[:500]}))
+    answer["error"] = f"{type(error).__name__}: {error}"[:500]
 else:
-    print(json.dumps({"platform": platform, "error": None}))
+    answer["compile_s"] = time.perf_counter() - begun
+    first, second = gradient(x), gradient(x)
+    answer["repeatable"] = bool((first == second).all())
+print(json.dumps(answer))
 """
 
 
 @dataclass(frozen=True)
 class Probe:
-    """What the child saw: its device platform, and why the gradient did not compile (if not)."""
+    """What the child saw: its device platform, and why the gradient did not compile (if not);
+    where it compiled, in how long and whether two runs gave the same bits."""
 
     platform: str
     error: str | None
+    xla_flags: str = ""
+    device: str = ""
+    jax: str = ""
+    compile_s: float | None = None
+    repeatable: bool | None = None
 
     @property
     def compiles(self) -> bool:
         return self.error is None
 
 
-def probe(*, extra_flags: str = "", timeout_s: float = 300.0) -> Probe:
-    """Compile one max-pool gradient under the deterministic flag, in a fresh JAX process."""
-    flags = " ".join(part for part in (os.environ.get("XLA_FLAGS", ""), FLAG, extra_flags) if part)
+def probe(*, deterministic: bool = True, extra_flags: str = "", timeout_s: float = 300.0) -> Probe:
+    """Compile one max-pool gradient, under the deterministic flag unless ``deterministic`` is
+    false, in a fresh JAX process (XLA reads its flags once per process)."""
+    inherited = [
+        f for f in os.environ.get("XLA_FLAGS", "").split() if "deterministic_ops" not in f
+    ]
+    chosen = [*inherited, *([FLAG] if deterministic else []), *extra_flags.split()]
+    flags = " ".join(chosen)
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, json.dumps(_SHAPE)],
         capture_output=True,
@@ -72,10 +88,18 @@ def probe(*, extra_flags: str = "", timeout_s: float = 300.0) -> Probe:
     lines = done.stdout.strip().splitlines()
     if done.returncode == 0 and lines:
         answer = json.loads(lines[-1])
-        return Probe(answer["platform"], answer["error"])
+        return Probe(
+            answer["platform"],
+            answer.get("error"),
+            xla_flags=flags,
+            device=answer["device"],
+            jax=answer["jax"],
+            compile_s=answer.get("compile_s"),
+            repeatable=answer.get("repeatable"),
+        )
     # XLA aborts the whole process on a flag it does not know: the reason is on stderr.
     tail = " ".join(done.stderr.strip().splitlines()[-2:])[-500:]
-    return Probe("unknown", f"exit code {done.returncode}: {tail}")
+    return Probe("unknown", f"exit code {done.returncode}: {tail}", xla_flags=flags)
 
 
 def decide(setting: bool | str, found: Probe) -> bool:

@@ -15,6 +15,10 @@ MISSING = Probe("gpu", "XlaRuntimeError: select-and-scatter has no deterministic
 def test_the_probe_compiles_the_max_pool_gradient_under_the_flag() -> None:
     found = probe()
     assert found.platform == "cpu" and found.compiles, found  # CPU XLA is deterministic
+    assert found.repeatable and found.compile_s is not None and found.compile_s > 0
+    assert "--xla_gpu_deterministic_ops=true" in found.xla_flags.split()
+    without = probe(deterministic=False)
+    assert without.compiles and "deterministic_ops" not in without.xla_flags
 
 
 def test_a_jaxlib_that_refuses_the_flags_is_reported_not_raised() -> None:
