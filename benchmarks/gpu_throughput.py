@@ -662,10 +662,11 @@ class _Worker:
     def __init__(self, sizes: Sizes, args: argparse.Namespace) -> None:
         import numpy as np
 
-        from trainer import Part
+        from trainer import CheckpointWriter, Part
 
         self.sizes, self.seed, self.deterministic = sizes, args.seed, args.deterministic
         self.scratch = Path(args.scratch)
+        self.writer = CheckpointWriter()
         self.models: dict[str, Any] = {}
         self.epochs = 0
         images = np.load(args.pool, mmap_mode="r")
@@ -798,9 +799,11 @@ class _Worker:
                 "bytes": path.stat().st_size}  # fmt: skip
 
     def epoch(self, name: str) -> dict[str, Any]:
-        """One grid epoch as ``train_cell`` runs it: fit, validation prediction, checkpoint."""
-        from trainer import save_checkpoint
+        """One grid epoch as ``train_cell`` runs it: fit, validation prediction, checkpoint.
 
+        The checkpoint is saved as the trainer saves it: the variables are copied on the
+        training path (``checkpoint_s``), hashed and written on a thread beside what follows.
+        """
         model = self.models[name]
         began = time.perf_counter()
         steps = _fit(model, self.parts["train"], self.sizes.batch, self.epochs)
@@ -808,7 +811,7 @@ class _Worker:
         _predict(model, self.parts["val"], self.sizes.eval_batch)
         validated = time.perf_counter()
         self.epochs += 1
-        save_checkpoint(self.scratch / "checkpoint.npz", model, {"epoch": self.epochs})
+        self.writer.save(self.scratch / "checkpoint.npz", model, {"epoch": self.epochs})
         return {"steps": steps, "fit_s": fitted - began, "validation_s": validated - fitted,
                 "checkpoint_s": time.perf_counter() - validated}  # fmt: skip
 
