@@ -26,18 +26,13 @@ from study.grid import study_folder, study_uid
 from study.launch._slurm import TAG_ENV, SlurmPlan, render_script, submit, time_seconds
 from tests.conftest import write_dataset
 from tests.slurm import SlurmCluster
+from tests.study.cli import test_study
 from trainer import InputError
 
 ROOT = Path(__file__).resolve().parents[3]
-# A 4 x 3 grid (the quick preset's) of cells that train in seconds on a CPU.
+# A 4 x 3 grid of cells that train in seconds on a CPU, as the CLI tests make it.
 QUICK = [
-    "--preset", "quick",
-    "--set", "train.image_size=32",
-    "--set", "train.epochs=1",
-    "--set", "train.eval_batch_size=32",
-    "--set", 'data.split="kaggle"',
-    "--set", "data.limit_per_class=6",
-    "--set", "study.name=quick",
+    *test_study.QUICK,
     # Only a safety net: a cell interrupted as designed is re-queued at once, not found stale.
     "--set", "worker.heartbeat_s=2",
     "--set", "worker.grace_s=10",
