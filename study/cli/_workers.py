@@ -381,8 +381,8 @@ def _finish(study: optuna.Study, summary: LaunchSummary | None) -> int:
     if failures:
         retry = command_line("retry", study.study_name, shown_url(study))
         print(
-            f"lrstudy: fix the cause (`lrstudy status` shows where each traceback is), then "
-            f"`{retry}` and run this command again",
+            "lrstudy: fix the cause (`lrstudy status` shows each reason, and where a traceback "
+            f"is), then `{retry}` and run this command again",
             file=sys.stderr,
         )
     else:

@@ -3,7 +3,14 @@ finish and says why, ``retry`` and ``extend``, then the same ``run`` or ``launch
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
 from pathlib import Path
 
 import optuna
@@ -12,7 +19,16 @@ from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
 from study.grid import load_grid_study, read_trial, retries_used, run_worker, study_uid
-from tests.study.cli.test_study import QUICK, assert_exactly_once, complete_trials, lrstudy
+from study.grid._attrs import LOST
+from study.spec import cell_key
+from tests.study.cli.test_study import (
+    QUICK,
+    ROOT,
+    assert_exactly_once,
+    complete_trials,
+    lrstudy,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +86,8 @@ def test_a_run_that_cannot_finish_says_why_and_retry_lets_the_same_run_finish(
         "learning_rate=0.01__seed=0, and 8 more)"
     )
     assert fix == (
-        "lrstudy: fix the cause (`lrstudy status` shows where each traceback is), then "
+        "lrstudy: fix the cause (`lrstudy status` shows each reason, and where a traceback "
+        "is), then "
         f"`lrstudy retry --storage '{url}' --study quick` and run this command again"
     )
 
@@ -87,7 +104,7 @@ def test_a_run_that_cannot_finish_says_why_and_retry_lets_the_same_run_finish(
         assert record.traceback_file == str(path) and f"(traceback: {path})" in status.stdout
         assert "Traceback (most recent call last)" in path.read_text()
         metas = get_all_artifact_meta(trial, storage=study._storage)
-        assert [meta.filename for meta in metas] == [path.name]
+        assert [meta.filename for meta in metas] == [path.with_suffix(".jsonl").name]
     assert status.stdout.splitlines()[-1] == (
         f"fix the cause, then: lrstudy retry --storage '{url}' --study quick"
     )
@@ -104,6 +121,103 @@ def test_a_run_that_cannot_finish_says_why_and_retry_lets_the_same_run_finish(
     for trial in complete_trials(url):
         (first,) = trial.system_attrs["retry_history"]
         assert first in failures and retries_used(trial) == 0
+
+
+def test_a_sigkilled_worker_leaves_its_cell_failed_for_good_until_retry_brings_it_back(
+    storage_url: str, tmp_path: Path, dataset_dir: Path, flags: list[str]
+) -> None:
+    url = storage_url
+    study = ["--storage", url, "--study", "quick"]
+    created = lrstudy("create", "--storage", url, "--data", str(dataset_dir), *flags,
+                      "--set", "worker.max_retries=0",
+                      "--set", "worker.heartbeat_s=1", "--set", "worker.grace_s=4")  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "study", "worker", *study, "--worker-id", "doomed"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log: list[str] = []
+
+    def read() -> None:
+        for line in worker.stderr:  # type: ignore[union-attr]
+            log.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    started = re.compile(r"worker doomed: trial (\d+) cell (\S+) started")
+    try:
+        wait_for(lambda: any(map(started.search, log)), what="the worker's first cell")
+        os.kill(worker.pid, signal.SIGKILL)
+        assert worker.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(timeout=60)
+    reader.join(timeout=60)
+    (match,) = [m for m in map(started.search, log) if m]
+    number, key = int(match[1]), match[2]
+    trials = optuna.load_study(study_name="quick", storage=url).get_trials()
+    assert [t.number for t in trials if t.state == TrialState.RUNNING] == [number]  # midway
+    assert not [t for t in trials if t.state == TrialState.COMPLETE]
+
+    # The next run finds the trial stale after the grace period; no retry is left for it.
+    launch = ["launch", *study, "--workers", "1"]
+    failed = lrstudy(*launch, timeout=600)
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    assert "study quick: 11/12 complete, 0 running, 0 waiting, 1 failed" in failed.stdout
+    assert f"trial {number} " in failed.stderr and "lost its worker" in failed.stderr
+    retry = (
+        f"lrstudy retry --storage '{url}' --study quick"
+        if url.startswith("sqlite")
+        else "LRSTUDY_STORAGE=<your URL> lrstudy retry --study quick"
+    )
+    reason, fix = failed.stderr.strip().splitlines()[-2:]
+    assert reason == f"lrstudy: 1 cell failed for good: {LOST} ({key})"
+    assert fix == (
+        "lrstudy: fix the cause (`lrstudy status` shows each reason, and where a traceback "
+        "is), then "
+        f"`{retry}` and run this command again"
+    )
+    before = {t.number: (t.params, t.value) for t in complete_trials(url)}
+    assert len(before) == 11
+
+    status = lrstudy("status", *study)
+    assert status.returncode == 0, status.stderr
+    lr, seed = (part.split("=")[1] for part in key.split("__"))
+    (row,) = [line for line in status.stdout.splitlines() if line.split()[:2] == [lr, seed]]
+    assert row.split()[2:4] == ["failed", str(number)]
+    assert row.endswith(f"retries 0: {LOST}")
+    assert status.stdout.splitlines()[-2:] == [
+        f"1 cell failed for good: {LOST} ({key})",
+        f"fix the cause, then: {retry}",
+    ]
+
+    retried = lrstudy("retry", *study)
+    assert retried.returncode == 0, retried.stderr
+    assert (
+        f"queued 1 cell(s) of study 'quick' again, each with a fresh budget of 0 retries: {key}"
+        in retried.stdout
+    )
+    finished = lrstudy(*launch, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "study quick: 12/12 complete, 0 running, 0 waiting, 0 failed" in finished.stdout
+    assert_exactly_once(url)
+    trials = optuna.load_study(study_name="quick", storage=url).get_trials()
+    assert len(trials) == 13
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == [number]
+    after = {t.number: (t.params, t.value) for t in complete_trials(url)}
+    (back,) = set(after) - set(before)
+    assert {n: after[n] for n in before} == before
+    assert cell_key(after[back][0]) == key
+    (lineage,) = [t for t in trials if t.number == back]
+    assert lineage.system_attrs["retry_history"] == [number] and retries_used(lineage) == 0
+    if not url.startswith("sqlite"):  # the password never shows
+        password = url.split(":")[2].split("@")[0]
+        for done in (created, failed, status, retried, finished):
+            assert password not in done.stdout + done.stderr
 
 
 def test_extend_adds_seeds_that_launch_trains_keeping_the_finished_cells(
@@ -130,22 +244,30 @@ def test_extend_adds_seeds_that_launch_trains_keeping_the_finished_cells(
         assert refused.returncode == 2, refused.stderr
         (line,) = refused.stderr.strip().splitlines()
         assert line.startswith("lrstudy: error: ") and expected in line
-    grown = lrstudy("extend", *study, "--set", "grid.seed=[0, 1, 2, 3]")
+    five = "grid.seed=[0,1,2,3,4]"
+    grown = lrstudy("extend", *study, "--set", five)
     assert grown.returncode == 0, grown.stderr
+    launch = f"lrstudy launch --storage '{url}' --study quick"
     assert grown.stdout.splitlines() == [
-        "study 'quick': grid.seed gains 3: 4 new cells, 16 in all",
-        f"train them: lrstudy launch --storage '{url}' --study quick --gpus all "
-        "(or `lrstudy run` with the same --set)",
+        "study 'quick': grid.seed gains 3, 4: 8 new cells, 20 in all",
+        f"train them: {launch} --gpus all (or `lrstudy run` with the same --set)",
     ]
     launched = lrstudy("launch", *study, "--workers", "1", timeout=600)
     assert launched.returncode == 0, launched.stderr[-3000:]
-    assert "study quick: 16/16 complete, 0 running, 0 waiting, 0 failed" in launched.stdout
+    assert "study quick: 20/20 complete, 0 running, 0 waiting, 0 failed" in launched.stdout
     after = complete_trials(url)
-    assert len(after) == 16
+    per_cell = Counter((t.params["learning_rate"], t.params["seed"]) for t in after)
+    assert sorted(per_cell) == sorted(
+        (lr, seed) for lr in (0.1, 0.01, 0.001, 0.0001) for seed in range(5)
+    )
+    assert set(per_cell.values()) == {1} and len(after) == 20
     assert {t.number: (t.params, t.value) for t in after if t.number < 12} == before
-    assert {t.params["seed"] for t in after if t.number >= 12} == {3}
+    assert {t.params["seed"] for t in after if t.number >= 12} == {3, 4}
+    assert all(t.user_attrs["epochs_run"] == 1 for t in after if t.number >= 12)  # trained
+    active = (TrialState.WAITING, TrialState.RUNNING)
+    assert not optuna.load_study(study_name="quick", storage=url).get_trials(states=active)
     # `run` with the same --set finds the grown study complete.
     again = lrstudy("run", "--storage", url, "--data", str(dataset_dir), *flags,
-                    "--set", "grid.seed=[0, 1, 2, 3]", "--workers", "1")  # fmt: skip
+                    "--set", five, "--workers", "1")  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     assert "every cell of study 'quick' is complete already" in again.stderr
