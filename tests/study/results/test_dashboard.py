@@ -23,8 +23,9 @@ from optuna_dashboard import get_note
 from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
 
 from study.grid import ARTIFACT_FOLDER, load_grid_study, study_folder, study_uid
-from study.results import FIGURE_ID, TEST_FIGURE_ID, refresh_views
+from study.results import FIGURE_ID, TEST_FIGURE_ID, attach_lr_find, refresh_views
 from tests.study.results.results_study import DIVERGED_CELL, LEARNING_RATES, STUDY, build_study
+from tests.study.results.test_lr_find_figure import _diverged
 
 ROOT = Path(__file__).resolve().parents[3]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -252,10 +253,12 @@ FIGURE_TITLE_BOXES = """
 
 
 def test_the_dashboard_shows_12_trials_the_figure_and_the_note(
-    served: tuple[str, int], tmp_path: Path
+    finished, served: tuple[str, int], tmp_path: Path
 ) -> None:
     sync_playwright = chromium_or_skip()
     base, study_id = served
+    # The study page also shows a range-test curve, as after `lrstudy lr-find --study`.
+    attach_lr_find(load_grid_study(finished[0], STUDY), _diverged(), [])
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
@@ -274,13 +277,18 @@ def test_the_dashboard_shows_12_trials_the_figure_and_the_note(
             page.keyboard.press("Escape")
 
             page.goto(f"{base}/dashboard/studies/{study_id}")
-            for title in ("Learning rates: validation curves", "Learning rates: test metrics"):
-                page.get_by_text(title).wait_for(timeout=60_000)
+            titles = (
+                "Learning rates: validation curves",
+                "Learning rates: test metrics",
+                "Learning-rate range test",
+            )
+            for title in titles:
+                page.get_by_text(title, exact=True).wait_for(timeout=60_000)
             for label in LABELS:
                 page.get_by_text(label, exact=True).first.wait_for()
             # Every figure's title lies wholly inside its plot, so nothing of it is cut.
             boxes = page.evaluate(FIGURE_TITLE_BOXES)
-            assert len(boxes) >= 2
+            assert sorted(box["text"] for box in boxes) == sorted(titles)
             for box in boxes:
                 assert box["title_right"] <= box["plot_right"] + 0.5, box
                 assert box["title_left"] >= box["plot_left"] - 0.5, box
