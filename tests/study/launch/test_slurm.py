@@ -398,12 +398,16 @@ def test_a_study_runs_to_the_end_through_a_cancelled_and_a_requeued_task(
     text = stopped.read_text()
     assert "SIGTERM; passing it on to the launcher" in text
     assert text.rstrip().endswith("launcher ended with exit code 143")
+    # A whole-job signal reaches the launcher from Slurm itself, never a second time from the
+    # script (that would make it kill its workers before they re-queue their cells). Slurm
+    # signals the job's processes one by one: the script may end before its turn comes, so
+    # its note "SIGTERM went to the whole job" is not always there.
     again = requeued.read_text()
-    assert "SIGTERM went to the whole job; the launcher has it too" in again
+    assert "passing it on" not in again
     assert "restart 1, GPUs none" in again  # it ran again ...
     assert again.rstrip().endswith("launcher ended with exit code 0")  # ... to the end
     assert slurm_cluster.job_field(f"{job_id}_2", "Restarts") == "1"
-    assert "SIGTERM went to the whole job" in cancelled.read_text()
+    assert "passing it on" not in cancelled.read_text()
     assert slurm_cluster.job_field(f"{job_id}_3", "JobState") == "CANCELLED"
     assert (folder / f"{job_id}_0.log").read_text().rstrip().endswith("exit code 0")
     assert tagged_processes(slurm_cluster) == []
