@@ -76,6 +76,7 @@ def _export(args: argparse.Namespace) -> int:
     from storage import open_storage
     from study.grid import load_grid_study
     from study.results import Review, collect, render, write_export
+    from study.results._bootstrap import RESAMPLES
     from trainer import InputError
 
     if args.resamples is not None and args.resamples < 1:
@@ -84,8 +85,8 @@ def _export(args: argparse.Namespace) -> int:
         raise InputError(f"--seed must be 0 or more; got {args.seed}; e.g. --seed 0")
     url = storage_url(args.storage)
     study = load_grid_study(open_storage(url, existing=True), args.study)
-    given = {} if args.resamples is None else {"resamples": args.resamples}
-    review = Review(seed=args.seed, artifacts=args.artifacts, **given)
+    resamples = RESAMPLES if args.resamples is None else args.resamples
+    review = Review(resamples=resamples, seed=args.seed, artifacts=args.artifacts)
     results = collect(study, review)
     notes = list(results.notes)
     if args.out is None:

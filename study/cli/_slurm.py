@@ -171,11 +171,10 @@ def _artifacts_folder(flag: str | None, study: optuna.Study) -> str:
     """--artifacts, else the artifacts folder in the study's stored spec."""
     if flag is not None:
         return str(Path(flag).expanduser().resolve())
-    from study.grid import _attrs
+    from study.grid import stored_locations
 
-    spec = study.user_attrs.get(_attrs.SPEC)
-    stored = spec.get("study", {}).get("artifacts") if isinstance(spec, dict) else None
-    if not isinstance(stored, str) or not stored:
+    stored, _ = stored_locations(study.user_attrs)
+    if not stored:
         raise InputError(
             f"study {study.study_name!r} records no artifacts folder; pass "
             "--artifacts DIR (a folder every node sees)."

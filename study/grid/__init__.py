@@ -10,6 +10,7 @@ from study.grid._artifacts import (
     ARTIFACT_FOLDER,
     artifact_store,
     existing_artifact_store,
+    stored_locations,
     study_folder,
     upload_cell_files,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "retry_cells",
     "run_worker",
     "spec_from_study",
+    "stored_locations",
     "study_folder",
     "study_uid",
     "upload_cell_files",

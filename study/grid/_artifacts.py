@@ -54,6 +54,19 @@ def artifact_store(folder: str | Path, named: str = "") -> ArtifactStore:
     return FileSystemArtifactStore(str(store))
 
 
+def stored_locations(
+    user_attrs: Mapping[str, Any], artifacts: str | None = None
+) -> tuple[str | None, str]:
+    """(artifacts folder, named artifact store) from a study's stored spec.
+
+    ``artifacts``, this machine's artifacts folder, overrides the stored one; the folder is None
+    for a study without a spec, the store "" where the spec names none (``study.artifact_store``).
+    """
+    spec = user_attrs.get(_attrs.SPEC)
+    section = spec.get("study", {}) if isinstance(spec, dict) else {}
+    return artifacts or section.get("artifacts") or None, section.get("artifact_store") or ""
+
+
 def existing_artifact_store(
     study_name: str,
     user_attrs: Mapping[str, Any],
@@ -75,12 +88,13 @@ def existing_artifact_store(
     """
     from optuna.artifacts import FileSystemArtifactStore
 
-    spec = user_attrs.get(_attrs.SPEC)
-    section = spec.get("study", {}) if isinstance(spec, dict) else {}
-    named, root = section.get("artifact_store") or "", artifacts or section.get("artifacts")
-    if not named and not root:
+    root, named = stored_locations(user_attrs, artifacts)
+    if named:
+        store = Path(named)
+    elif root:
+        store = store_folder(study_folder(root, study_name, uid))
+    else:
         return None
-    store = store_folder(study_folder(root or ".", study_name, uid), named)
     return FileSystemArtifactStore(str(store)) if store.is_dir() else None
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from storage import study_lock
-from study.grid import _attrs, artifact_store, study_folder, study_uid
+from study.grid import artifact_store, stored_locations, study_folder, study_uid
 from study.results._lr_find_figure import lr_find_plotly
 from trainer import InputError
 
@@ -53,14 +53,12 @@ def attach_lr_find(
     from optuna.artifacts import upload_artifact
     from optuna_dashboard import save_plotly_graph_object
 
-    spec = study.user_attrs.get(_attrs.SPEC)
-    root = artifacts or (spec["study"]["artifacts"] if isinstance(spec, dict) else None)
+    root, named = stored_locations(study.user_attrs, artifacts)
     if not root:
         raise InputError(
             f"study {study.study_name!r} holds no lrstudy spec, so its artifacts folder is "
             "unknown; pass --artifacts DIR"
         )
-    named = spec["study"].get("artifact_store", "") if isinstance(spec, dict) else ""
     store = artifact_store(study_folder(root, study.study_name, study_uid(study)), named)
     figure = lr_find_plotly(result)
     # As in refresh_views: two writers of one figure at once would interleave its chunks.
