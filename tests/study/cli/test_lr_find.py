@@ -1,5 +1,6 @@
 """``lrstudy lr-find`` as a user runs it (subprocesses), on small images whose loss can diverge;
-its curve attached to a study as stock Optuna and optuna-dashboard's app read it."""
+its curve attached to a study as stock Optuna and optuna-dashboard's app read it. Inception V3
+goes through the same ``find_learning_rate`` in tests/trainer/test_lr_find.py, on both backends."""
 
 from __future__ import annotations
 
@@ -267,28 +268,6 @@ def test_a_curve_without_a_descent_writes_its_files_and_says_what_to_change(
     assert error.startswith("lrstudy: error: lr-find: the loss diverged after ")
     assert error.endswith("; lower --min (now 1000)")
     assert (tmp_path / "lr_find.csv").is_file() and (tmp_path / "lr_find.png").is_file()
-
-
-@pytest.mark.slow
-def test_inception_v3_goes_through_the_same_path(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    write_dataset(data, parts={"train": (6, 6), "val": (1, 1), "test": (1, 1)})
-    done = lrstudy(
-        "lr-find", "--preset", "paper", "--data", str(data),
-        "--set", "train.weights=none", "--set", "train.image_size=75",
-        "--set", "train.batch_size=4", "--set", 'data.split="kaggle"',
-        "--set", f"data.cache_dir={tmp_path / 'cache'}",
-        "--min", "1e-6", "--max", "1e-3", "--steps", "10", "--out", str(tmp_path / "out"),
-    )  # fmt: skip
-    assert (
-        "lr-find inception_v3, 75 px, batch 4, adam, tensorflow, seed 0: 10 steps" in done.stdout
-    )
-    with open(tmp_path / "out" / "lr_find.csv") as file:
-        assert len(list(csv.DictReader(file))) == 10
-    # Ten batches may show no descent; then the run still writes its files and says so.
-    if done.returncode:
-        assert done.returncode == 2
-        assert _error_line(done.stderr).startswith("lrstudy: error: lr-find: the ")
 
 
 def test_the_jax_backend_runs_the_same_command(
