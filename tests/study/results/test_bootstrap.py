@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter
 
 import numpy as np
@@ -136,11 +135,9 @@ def test_one_class_resamples_are_left_out_of_the_auc_interval_only() -> None:
     assert math.isnan(lone.point) and lone.low is None and lone.resamples == 0
 
 
-def test_two_thousand_resamples_of_five_hundred_images_are_fast() -> None:
+def test_the_default_draws_two_thousand_resamples_of_five_hundred_images() -> None:
+    # Its cost against scikit-learn's metrics: benchmarks/bootstrap.py (docs/benchmarks.md).
     y, p, patients = _clustered(np.random.default_rng(6), patients=170, accuracy=0.9)
     y, p, patients = y[:500], p[:500], patients[:500]
-    start = time.perf_counter()
     intervals = bootstrap_intervals(y, p, patients)
-    elapsed = time.perf_counter() - start
     assert all(i.resamples == 2000 for i in intervals.values())
-    assert elapsed < 3.0, f"{elapsed:.2f} s for 2,000 resamples"
