@@ -214,7 +214,7 @@ MpiDefault=none
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
-KillWait=10
+KillWait=30
 MinJobAge=600
 InactiveLimit=0
 NodeName={host} NodeAddr=127.0.0.1 CPUs={declared} RealMemory={memory} Gres=gpu:{self.gpus} \

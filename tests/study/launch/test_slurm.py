@@ -13,7 +13,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import optuna
@@ -35,8 +35,9 @@ QUICK = [
     *test_study.QUICK,
     # Only a safety net: a cell interrupted as designed is re-queued at once, not found stale.
     "--set", "worker.heartbeat_s=2",
-    "--set", "worker.grace_s=10",
+    "--set", "worker.grace_s=30",  # wide: four tasks share two loaded cores
 ]  # fmt: skip
+
 
 MOUNTS = textwrap.dedent(
     """\
@@ -49,6 +50,15 @@ MOUNTS = textwrap.dedent(
     //nas/share /mnt/nas cifs rw 0 0
     """
 )
+
+
+@pytest.fixture(autouse=True)
+def _no_job_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A failed test's jobs are cancelled, so that they fail no later test of the session."""
+    yield
+    cluster = request.node.funcargs.get("slurm_cluster")
+    if cluster is not None:
+        cluster.cancel_all()
 
 
 def lrstudy(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -333,23 +343,36 @@ def test_sbatch_refusal_is_one_line(slurm_cluster: SlurmCluster, tmp_path: Path)
     assert "partition" in message.lower() and "\n" not in message
 
 
-def _training(log: Path) -> int | None:
-    """The trial number of a task's first cell once the log shows it past its first epoch."""
+def _mid_cell(log: Path, epochs: int) -> int | None:
+    """The trial number of the cell a task's log shows training, past its first epoch and
+    short of its last ten; None before (or between) such cells."""
     text = log.read_text(errors="replace") if log.exists() else ""
-    started = re.search(r"worker \S+: trial (\d+) cell \S+ started", text)
-    trained = re.search(r" epoch 1/\d+: loss ", text)
-    return int(started.group(1)) if started and trained else None
+    starts = list(re.finditer(r"worker \S+: trial (\d+) cell \S+ started", text))
+    if not starts:
+        return None
+    number, since = starts[-1].group(1), text[starts[-1].end() :]
+    done = re.findall(rf" epoch (\d+)/{epochs}: loss ", since)
+    ended = re.search(rf"trial {number} cell \S+ (complete|failed|finished)", since)
+    return int(number) if done and int(done[-1]) < epochs - 10 and not ended else None
 
 
-def _wait_training(logs: Sequence[Path], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        numbers = [_training(log) for log in logs]
-        if all(number is not None for number in numbers):
-            return [number for number in numbers if number is not None]
+def _signal_mid_cell(actions: dict[Path, Callable[[], object]], epochs: int) -> list[int]:
+    """Run each task's action as soon as its own log shows a cell mid-training (tasks start
+    seconds apart on a loaded machine: waiting for all would let the first finish its cell);
+    the trial numbers the actions interrupted."""
+    deadline = time.monotonic() + 300
+    interrupted: dict[Path, int] = {}
+    while len(interrupted) < len(actions):
+        for log, action in actions.items():
+            number = None if log in interrupted else _mid_cell(log, epochs)
+            if number is not None:
+                action()
+                interrupted[log] = number
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no cell trained an epoch in {[str(log) for log in logs]}")
+            missing = [str(log) for log in actions if log not in interrupted]
+            raise TimeoutError(f"no cell trained an epoch in {missing}")
         time.sleep(0.2)
+    return [interrupted[log] for log in actions]
 
 
 def test_a_study_runs_to_the_end_through_a_cancelled_and_a_requeued_task(
@@ -357,7 +380,8 @@ def test_a_study_runs_to_the_end_through_a_cancelled_and_a_requeued_task(
 ) -> None:
     # Cells of 40 epochs: a signal sent after a cell's first epoch finds it still training.
     # Two cells per task are enough for the three to be stopped and their cells finished.
-    url = create_study(tmp_path, epochs=40, seeds=(0, 1))
+    epochs = 40
+    url = create_study(tmp_path, epochs=epochs, seeds=(0, 1))
     code, out, err = lrstudy(
         ["slurm", "--storage", url, "--study", "quick", "--array", "4"], capsys
     )
@@ -372,11 +396,16 @@ def test_a_study_runs_to_the_end_through_a_cancelled_and_a_requeued_task(
     # Mid-cell, task 1 is told to stop (as by --signal=B:TERM before its time limit), task 2
     # is requeued and task 3 cancelled (Slurm signals every process of each; 2 starts again).
     stopped, requeued, cancelled = (folder / f"{job_id}_{task}.log" for task in (1, 2, 3))
-    first_cells = _wait_training([stopped, requeued, cancelled], timeout=150)
-    slurm_cluster.run("scancel", "--batch", "--signal=TERM", f"{job_id}_1")
-    slurm_cluster.run("scontrol", "requeue", f"{job_id}_2")
-    slurm_cluster.run("scancel", f"{job_id}_3")
-    slurm_cluster.wait_gone(job_id, timeout=240)
+    first_cells = _signal_mid_cell(
+        {
+            stopped: lambda: slurm_cluster.run("scancel", "--batch", "--signal=TERM",
+                                               f"{job_id}_1"),
+            requeued: lambda: slurm_cluster.run("scontrol", "requeue", f"{job_id}_2"),
+            cancelled: lambda: slurm_cluster.run("scancel", f"{job_id}_3"),
+        },
+        epochs,
+    )  # fmt: skip
+    slurm_cluster.wait_gone(job_id, timeout=600)
 
     study = optuna.load_study(study_name="quick", storage=url)
     trials = study.get_trials(deepcopy=False)
