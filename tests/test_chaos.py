@@ -93,6 +93,8 @@ class PhasedObjective:
         self._phase(trial, "evaluation")
         self._phase(trial, "reporting")
         trial.set_user_attr("history", list(range(1, self.epochs + 1)))
+        # Not "reporting" any more: a kill from here on may find the trial complete.
+        _write_atomic(self.folder / "phase" / str(os.getpid()), f"{trial.number} returned")
         return params["learning_rate"]
 
     def _phase(self, trial: optuna.Trial, phase: str) -> None:
@@ -139,12 +141,36 @@ class Crew:
         """(pid, trial number) of the live workers now in ``phase``."""
         found = []
         for pid, process in self.processes.items():
-            marker = self.objective.folder / "phase" / str(pid)
-            if process.is_alive() and marker.exists():
-                number, current = marker.read_text().split()
-                if current == phase:
-                    found.append((pid, int(number)))
+            now = self.phase_of(pid) if process.is_alive() else None
+            if now is not None and now[1] == phase:
+                found.append((pid, now[0]))
         return found
+
+    def phase_of(self, pid: int) -> tuple[int, str] | None:
+        """(trial number, phase) that worker ``pid`` last said it is in; None before any."""
+        marker = self.objective.folder / "phase" / str(pid)
+        if not marker.exists():
+            return None
+        number, phase = marker.read_text().split()
+        return int(number), phase
+
+    def stop_in(self, phase: str, rng: random.Random) -> tuple[int, int]:
+        """SIGSTOP a worker the seeded ``rng`` picks among those in ``phase``: (pid, trial).
+
+        Its phase is read again once it is stopped: one that moved on meanwhile continues,
+        and another is picked."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            candidates = self.in_phase(phase)
+            if candidates:
+                pid, _ = rng.choice(candidates)
+                os.kill(pid, signal.SIGSTOP)
+                now = self.phase_of(pid)
+                if now is not None and now[1] == phase:
+                    return pid, now[0]
+                os.kill(pid, signal.SIGCONT)
+            time.sleep(0.01)
+        raise AssertionError(f"timed out waiting for a worker in phase {phase}")
 
     def kill(self, pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
@@ -163,7 +189,7 @@ def _wait_for(condition: Callable[[], object], timeout_s: float = 60.0, what: st
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
+        time.sleep(0.1)  # the conditions read databases and /proc: leave the cores to the run
 
 
 def _kill_schedule(crew: Crew, rng: random.Random, kills: int) -> list[tuple[int, str]]:
@@ -175,8 +201,7 @@ def _kill_schedule(crew: Crew, rng: random.Random, kills: int) -> list[tuple[int
     killed: list[tuple[int, str]] = []
     for phase in phases:
         time.sleep(rng.uniform(0.0, 0.4))
-        _wait_for(lambda p=phase: crew.in_phase(p), what=f"a worker in phase {phase}")
-        pid, number = rng.choice(crew.in_phase(phase))
+        pid, number = crew.stop_in(phase, rng)
         crew.kill(pid)
         killed.append((number, phase))
     return killed
@@ -248,19 +273,19 @@ def test_seeded_sigkills_over_a_grid_lose_no_cell_and_at_most_one_epoch(
 def test_postgresql_restart_with_a_worker_killed_meanwhile_leaves_no_trial_running(
     postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
-    # The outage (about 4 s) stays within the grace period, so live trials are not failed as
-    # stale; the killed one is failed once the grace period has passed.
+    # The outage (about 4 s, twice that under load) stays within the grace period, so live
+    # trials are not failed as stale; the killed one is failed once the grace period has passed.
     storage = open_storage(
         postgres_server.create_database(),
         heartbeat_s=1,
-        grace_s=10,
+        grace_s=20,
         stale_trial_callback=RetryStaleCell(),
     )
     create_grid_study(storage, "lr", GRID)
     objective = PhasedObjective(tmp_path, phase_s=0.25)
     crew = Crew(storage, objective, 3)
-    _wait_for(lambda: crew.in_phase("epoch"), what="a worker mid-epoch")
-    (doomed, lost), *_ = crew.in_phase("epoch")
+    # Stopped, so that it cannot finish its cell while the server stops.
+    doomed, lost = crew.stop_in("epoch", random.Random(0))
     postgres_server.stop()
     try:
         os.kill(doomed, signal.SIGKILL)  # dies while the database is away
@@ -332,8 +357,18 @@ def test_a_real_cell_killed_mid_epoch_resumes_after_its_last_finished_epoch(
         reported = len(_history(study.get_trials()[0]))
         return saved is not None and len(saved.state["history"]) == reported >= 3
 
+    def stopped_with_three_epochs_on_disk() -> bool:
+        # Checked again once the worker is stopped: it may have reported an epoch meanwhile.
+        if not three_epochs_on_disk():
+            return False
+        first.send_signal(signal.SIGSTOP)
+        if three_epochs_on_disk():
+            return True
+        first.send_signal(signal.SIGCONT)
+        return False
+
     try:
-        _wait_for(three_epochs_on_disk, timeout_s=240, what="3 epochs checkpointed")
+        _wait_for(stopped_with_three_epochs_on_disk, timeout_s=240, what="3 epochs checkpointed")
     finally:
         first.kill()
         first.wait()
@@ -527,6 +562,7 @@ def test_a_reboot_mid_run_is_finished_by_running_again_and_no_password_leaks(
     url = postgres_server.create_database()
     password = postgres_server.password
     grid = "--set 'grid.learning_rate=[0.1, 0.001]' --set 'grid.seed=[0, 1]' --set train.epochs=3"
+    grid += " --set worker.grace_s=8"  # two real workers on two loaded cores: beats can lag
     flags = ["run", *_quick_flags(tmp_path, dataset_dir, cache_dir, url, grid), "--workers", "2"]
     run = subprocess.Popen(
         [sys.executable, "-m", "study", *flags],
@@ -549,10 +585,15 @@ def test_a_reboot_mid_run_is_finished_by_running_again_and_no_password_leaks(
         _wait_for(some_complete_some_running, timeout_s=240, what="a complete and a running cell")
     finally:
         # Every process of the run at once: the launcher and its workers, which run in
-        # sessions of their own (so that a terminal's Ctrl-C reaches only the launcher).
-        for pid in [run.pid, *_descendants(run.pid)]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        # sessions of their own (so that a terminal's Ctrl-C reaches only the launcher). All
+        # are stopped first: a launcher's death sends its workers SIGTERM, which they would
+        # answer by queuing their cells again, as after a Ctrl-C, not as after a reboot.
+        os.kill(run.pid, signal.SIGSTOP)
+        processes = [run.pid, *_descendants(run.pid)]
+        for sent in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in processes:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sent)
     out, err = run.communicate(timeout=30)
     logs = out + err
     trials = optuna.load_study(study_name="chaos", storage=storage).get_trials()
