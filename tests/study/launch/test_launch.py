@@ -409,15 +409,17 @@ def test_sigint_is_passed_on_as_sigterm_and_nobody_restarts() -> None:
 def test_a_second_signal_kills_workers_that_ignore_the_first() -> None:
     worker = """
         import signal, time
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda *_: print("ignoring TERM", flush=True))
         print("ready", flush=True)
-        time.sleep(60)
+        while True:
+            time.sleep(60)
     """
     launcher = start_launcher(worker)
     lines: list[str] = []
     read_until(launcher, lambda seen: sum("ready" in line for line in seen) == 2, lines)
     launcher.send_signal(signal.SIGTERM)
-    time.sleep(1)
+    # The launcher passed the first on; a second sent before that could merge with it.
+    read_until(launcher, lambda seen: sum("ignoring TERM" in line for line in seen) == 2, lines)
     assert launcher.poll() is None  # still waiting for its workers
     launcher.send_signal(signal.SIGTERM)
     summary = summary_of(launcher, lines)

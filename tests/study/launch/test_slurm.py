@@ -286,12 +286,17 @@ def test_a_missing_sbatch_is_one_line(tmp_path: Path) -> None:
 # --- on the real cluster ------------------------------------------------------------------------
 
 WRAPPER = """\
-import subprocess, sys, time
+import os, pathlib, subprocess, sys, time
 # The real `lrstudy launch ... --dry-run`, with the task's environment.
 subprocess.run([sys.executable, "-m", "study", *sys.argv[1:]], check=True)
 # An orphan in a session of its own, as a worker is: the script's sweep must end it.
 subprocess.Popen(["sleep", "300"], start_new_session=True)
-time.sleep(4)  # the tasks overlap, so each holds its GPU while the other runs
+# The tasks overlap, so each holds its GPU while the other runs: each waits for the other.
+here = pathlib.Path(__file__).parent
+(here / f"started-{os.environ['SLURM_ARRAY_TASK_ID']}").touch()
+deadline = time.monotonic() + 120
+while len(list(here.glob("started-*"))) < 2 and time.monotonic() < deadline:
+    time.sleep(0.2)
 """
 
 
@@ -315,7 +320,7 @@ def test_each_gpu_task_plans_its_own_device_and_leaves_nothing_running(
     script.write_text(render_script(plan))
     job = submit(script, {**os.environ, "LRSTUDY_STORAGE": url})
     assert "Comment=lrstudy test " in slurm_cluster.run("scontrol", "-o", "show", "job", job)
-    slurm_cluster.wait_gone(job, timeout=90)
+    slurm_cluster.wait_gone(job, timeout=240)
     devices = []
     for task in (0, 1):
         log = (tmp_path / f"{job}_{task}.log").read_text()

@@ -263,6 +263,7 @@ def test_the_dashboard_shows_12_trials_the_figure_and_the_note(
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)  # Chromium and the app share two loaded cores
             page.goto(f"{base}/dashboard/studies/{study_id}/trials")
             page.get_by_text("12 Trials").wait_for(timeout=60_000)
             entries = page.get_by_text(re.compile(r"^Trial \d+$"))
