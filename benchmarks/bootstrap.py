@@ -17,7 +17,7 @@ import time
 import numpy as np
 from sklearn import metrics
 
-from study.results._bootstrap import bootstrap_intervals, patient_resamples
+from study.results._bootstrap import CONFIDENCE, bootstrap_intervals, patient_resamples
 
 
 def _predictions(images: int, patients: int, seed: int = 6) -> tuple[np.ndarray, ...]:
@@ -65,7 +65,7 @@ def main() -> None:
     rows = _baseline(y, p, ids, args.resamples)
     baseline_s = time.perf_counter() - start
 
-    tail = 2.5
+    tail = 100 * (1 - CONFIDENCE) / 2
     for column, (name, interval) in enumerate(ours.items()):
         sample = rows[:, column][~np.isnan(rows[:, column])]
         low, high = np.percentile(sample, [tail, 100 - tail])

@@ -94,12 +94,15 @@ class PhasedObjective:
         self._phase(trial, "reporting")
         trial.set_user_attr("history", list(range(1, self.epochs + 1)))
         # Not "reporting" any more: a kill from here on may find the trial complete.
-        _write_atomic(self.folder / "phase" / str(os.getpid()), f"{trial.number} returned")
+        self._mark(trial, "returned")
         return params["learning_rate"]
 
     def _phase(self, trial: optuna.Trial, phase: str) -> None:
-        _write_atomic(self.folder / "phase" / str(os.getpid()), f"{trial.number} {phase}")
+        self._mark(trial, phase)
         time.sleep(self.phase_s)
+
+    def _mark(self, trial: optuna.Trial, phase: str) -> None:
+        _write_atomic(self.folder / "phase" / str(os.getpid()), f"{trial.number} {phase}")
 
     def _event(self, line: str) -> None:
         with open(self.folder / "events", "a") as events:
@@ -159,18 +162,18 @@ class Crew:
 
         Its phase is read again once it is stopped: one that moved on meanwhile continues,
         and another is picked."""
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        stopped: list[tuple[int, int]] = []
+
+        def one_stopped() -> bool:
             candidates = self.in_phase(phase)
             if candidates:
-                pid, _ = rng.choice(candidates)
-                os.kill(pid, signal.SIGSTOP)
-                now = self.phase_of(pid)
-                if now is not None and now[1] == phase:
-                    return pid, now[0]
-                os.kill(pid, signal.SIGCONT)
-            time.sleep(0.01)
-        raise AssertionError(f"timed out waiting for a worker in phase {phase}")
+                pid, number = rng.choice(candidates)
+                if _stopped_if(pid, lambda: self.phase_of(pid) == (number, phase)):
+                    stopped.append((pid, number))
+            return bool(stopped)
+
+        _wait_for(one_stopped, what=f"a worker in phase {phase}", poll_s=0.01)
+        return stopped[0]
 
     def kill(self, pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
@@ -185,11 +188,24 @@ class Crew:
         return [p.exitcode for p in self.processes.values()]
 
 
-def _wait_for(condition: Callable[[], object], timeout_s: float = 60.0, what: str = "") -> None:
+def _wait_for(
+    condition: Callable[[], object], timeout_s: float = 60.0, what: str = "", poll_s: float = 0.1
+) -> None:
+    """Poll ``condition``; the default pace leaves the cores to the run, as most conditions
+    read databases, checkpoints or /proc."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)  # the conditions read databases and /proc: leave the cores to the run
+        time.sleep(poll_s)
+
+
+def _stopped_if(pid: int, condition: Callable[[], bool]) -> bool:
+    """SIGSTOP ``pid`` and keep it stopped if ``condition`` holds then; else let it go on."""
+    os.kill(pid, signal.SIGSTOP)
+    if condition():
+        return True
+    os.kill(pid, signal.SIGCONT)
+    return False
 
 
 def _kill_schedule(crew: Crew, rng: random.Random, kills: int) -> list[tuple[int, str]]:
@@ -359,13 +375,7 @@ def test_a_real_cell_killed_mid_epoch_resumes_after_its_last_finished_epoch(
 
     def stopped_with_three_epochs_on_disk() -> bool:
         # Checked again once the worker is stopped: it may have reported an epoch meanwhile.
-        if not three_epochs_on_disk():
-            return False
-        first.send_signal(signal.SIGSTOP)
-        if three_epochs_on_disk():
-            return True
-        first.send_signal(signal.SIGCONT)
-        return False
+        return three_epochs_on_disk() and _stopped_if(first.pid, three_epochs_on_disk)
 
     try:
         _wait_for(stopped_with_three_epochs_on_disk, timeout_s=240, what="3 epochs checkpointed")
