@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.waiting import closed_port
 from trainer import ImageRecord
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -200,6 +201,13 @@ def make_dataset(tmp_path: Path) -> Callable[..., WrittenDataset]:
 def dataset_dir(make_dataset) -> Path:
     """A clean Kaggle-layout dataset of 56 images (train 12/16, val 6/8, test 6/8)."""
     return make_dataset().root
+
+
+@pytest.fixture
+def closed_origin() -> Iterator[str]:
+    """An HTTP origin on this machine that refuses connections for the whole test."""
+    with closed_port() as port:
+        yield f"http://127.0.0.1:{port}/"
 
 
 @pytest.fixture

@@ -9,12 +9,10 @@ Without server binaries the PostgreSQL tests skip, except under ``CI=true``, whe
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +20,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
+from tests.waiting import free_port
 
 _SEARCH = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/*/bin", "/usr/local/pgsql/bin")
 _USER = "postgres"
@@ -66,7 +66,7 @@ class PostgresServer:
         self._as_user = ["runuser", "-u", _USER, "--"] if os.geteuid() == 0 else []
         self.folder = Path(tempfile.mkdtemp(prefix="lrstudy-pg-"))
         self.password = secrets.token_hex(16)
-        self.port = _free_port()
+        self.port = free_port()
         self._durable = durable
         (self.folder / "pwfile").write_text(self.password + "\n")
         if self._as_user:
@@ -86,7 +86,7 @@ class PostgresServer:
             "--no-sync",
         )
         (self.folder / "pwfile").unlink()
-        self.start()
+        self._start_on_a_free_port()
 
     def url(self, database: str = "postgres", *, password: str | None = None) -> str:
         """The storage URL of ``database`` (with another ``password`` to test refusals)."""
@@ -117,6 +117,18 @@ class PostgresServer:
             "60",
             "start",
         )
+
+    def _start_on_a_free_port(self, tries: int = 3) -> None:
+        """Start, on a fresh port each time another process took the probed one first."""
+        for _ in range(tries - 1):
+            try:
+                self.start()
+                return
+            except RuntimeError as error:
+                if "already in use" not in str(error):
+                    raise
+                self.port = free_port()
+        self.start()
 
     def stop(self) -> None:
         """Stop at once, cutting every client connection, as a crash or a failover would."""
@@ -155,20 +167,6 @@ class PostgresServer:
             log = self.folder / "server.log"
             tail = log.read_text()[-2000:] if log.exists() else ""
             raise RuntimeError(f"{program} failed: {result.stderr.strip()}\n{tail}")
-
-    @staticmethod
-    @contextlib.contextmanager
-    def closed_port() -> Iterator[int]:
-        """A port on 127.0.0.1 that is bound but not listening: connections are refused."""
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            yield int(probe.getsockname()[1])
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import free_port, wait_for
+
 _DAEMONS = ("munged", "slurmctld", "slurmd")
 _CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
 # At least this many CPUs are declared, so that three one-CPU array tasks run side by side even
@@ -107,21 +109,15 @@ class SlurmCluster:
 
     def wait_gone(self, job: str, timeout: float) -> None:
         """Wait until no task of ``job`` is pending, running or completing."""
-        deadline = time.monotonic() + timeout
-        while self.job_states(job):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job} still in the queue after {timeout:.0f} s: "
-                                   f"{self.job_states(job)}\n{self.logs()}")  # fmt: skip
-            time.sleep(0.5)
+        self._wait_for(lambda: not self.job_states(job), timeout, f"job {job} to leave the queue")
 
     def cancel_all(self) -> None:
         """Cancel every job of this cluster and wait (briefly) for them to leave."""
         jobs = self.run("squeue", "-h", "-o", "%A", check=False).split()
         if jobs:
             self.run("scancel", *jobs, check=False)
-            deadline = time.monotonic() + 40
-            while time.monotonic() < deadline and self.run("squeue", "-h", check=False).strip():
-                time.sleep(0.5)
+            with contextlib.suppress(RuntimeError):
+                self._wait_for(lambda: not self.run("squeue", "-h", check=False).strip(), 40, "")
 
     def logs(self) -> str:
         """The tails of the daemons' logs, for failure messages."""
@@ -165,7 +161,7 @@ class SlurmCluster:
             f"--seed-file={self.folder / 'munge' / 'munged.seed'}",
         ])  # fmt: skip
         self._pidfiles.append(pidfile)
-        _wait_for(lambda: self.socket.exists(), 15, f"munged did not start\n{self.logs()}")
+        self._wait_for(self.socket.exists, 15, "munged to start")
 
     def _write_config(self) -> None:
         host = socket.gethostname().split(".")[0]
@@ -186,8 +182,8 @@ class SlurmCluster:
 # Written by tests/slurm.py: a throwaway single-node cluster, no systemd, no cgroups.
 ClusterName=lrstudy-{secrets.token_hex(3)}
 SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -237,14 +233,21 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubsc
         if done.returncode != 0:
             raise RuntimeError(f"{name} failed to start: {done.stderr.strip()}\n{self.logs()}")
         self._pidfiles.append(pidfile)
-        _wait_for(pidfile.exists, 30, f"{name} wrote no PID file ({log})\n{self.logs()}")
+        self._wait_for(pidfile.exists, 30, f"{name} to write its PID file ({log})")
 
     def _wait_idle(self, timeout: float) -> None:
         def idle() -> bool:
             out = self.run("sinfo", "-h", "-N", "-o", "%T", check=False)
             return out.strip().rstrip("*") == "idle"
 
-        _wait_for(idle, timeout, f"the node never became idle\n{self.logs()}")
+        self._wait_for(idle, timeout, "the node to become idle")
+
+    def _wait_for(self, ready: Callable[[], bool], timeout_s: float, what: str) -> None:
+        """``wait_for`` that shows the daemons' logs as they are when it gives up."""
+        try:
+            wait_for(ready, timeout_s, what, poll_s=0.25)
+        except AssertionError as error:
+            raise RuntimeError(f"{error}\n{self.logs()}") from None
 
 
 def _need(name: str) -> str:
@@ -271,14 +274,6 @@ def _check_call(argv: list[str]) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{Path(argv[0]).name} failed: {done.stderr.strip()}")
-
-
-def _wait_for(ready: Callable[[], bool], timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise RuntimeError(message)
-        time.sleep(0.25)
 
 
 def _stop(pidfile: Path) -> None:
@@ -309,12 +304,6 @@ def _alive(pid: int) -> bool:
             return stat_file.read().split(") ", 1)[1][0] != "Z"
     except OSError:
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -16,7 +16,6 @@ import random
 import re
 import shlex
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from study.grid import (
 )
 from study.spec import cell_key
 from tests.postgres import PostgresServer
+from tests.waiting import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = {"learning_rate": [0.1, 0.01, 0.001, 0.0001], "seed": [0, 1, 2]}
@@ -172,7 +172,7 @@ class Crew:
                     stopped.append((pid, number))
             return bool(stopped)
 
-        _wait_for(one_stopped, what=f"a worker in phase {phase}", poll_s=0.01)
+        wait_for(one_stopped, what=f"a worker in phase {phase}", poll_s=0.01)
         return stopped[0]
 
     def kill(self, pid: int) -> None:
@@ -186,17 +186,6 @@ class Crew:
         for process in self.processes.values():
             process.join(max(0.1, deadline - time.monotonic()))
         return [p.exitcode for p in self.processes.values()]
-
-
-def _wait_for(
-    condition: Callable[[], object], timeout_s: float = 60.0, what: str = "", poll_s: float = 0.1
-) -> None:
-    """Poll ``condition``; the default pace leaves the cores to the run, as most conditions
-    read databases, checkpoints or /proc."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(poll_s)
 
 
 def _stopped_if(pid: int, condition: Callable[[], bool]) -> bool:
@@ -378,7 +367,7 @@ def test_a_real_cell_killed_mid_epoch_resumes_after_its_last_finished_epoch(
         return three_epochs_on_disk() and _stopped_if(first.pid, three_epochs_on_disk)
 
     try:
-        _wait_for(stopped_with_three_epochs_on_disk, timeout_s=240, what="3 epochs checkpointed")
+        wait_for(stopped_with_three_epochs_on_disk, timeout_s=240, what="3 epochs checkpointed")
     finally:
         first.kill()
         first.wait()
@@ -592,7 +581,7 @@ def test_a_reboot_mid_run_is_finished_by_running_again_and_no_password_leaks(
             states = Counter(t.state for t in trials)
             return states[TrialState.COMPLETE] >= 1 and states[TrialState.RUNNING] >= 1
 
-        _wait_for(some_complete_some_running, timeout_s=240, what="a complete and a running cell")
+        wait_for(some_complete_some_running, timeout_s=240, what="a complete and a running cell")
     finally:
         # Every process of the run at once: the launcher and its workers, which run in
         # sessions of their own (so that a terminal's Ctrl-C reaches only the launcher). All
@@ -662,15 +651,13 @@ def _worker_command_lines() -> list[str]:
 
 
 def _dashboard_binds_loopback_only(url: str) -> bool:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "study", "dashboard", "--storage", url, "--port", str(port)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        _wait_for(lambda: _listening_addresses(port), timeout_s=60, what="the dashboard")
+        wait_for(lambda: _listening_addresses(port), timeout_s=60, what="the dashboard")
         return _listening_addresses(port) == {"0100007F"}  # 127.0.0.1, nothing else
     finally:
         server.terminate()

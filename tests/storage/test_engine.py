@@ -12,6 +12,7 @@ import sqlalchemy
 
 from storage import LrstudyStorage, StorageError, call_reconnecting, open_storage
 from tests.postgres import PostgresServer
+from tests.waiting import closed_port
 
 
 def test_a_study_written_through_one_storage_is_read_through_another(storage_url: str) -> None:
@@ -42,7 +43,7 @@ def test_pickled_sqlite_storage_still_takes_the_write_lock_at_begin(tmp_path: Pa
 
 
 def test_unreachable_server_is_one_masked_line() -> None:
-    with PostgresServer.closed_port() as port:
+    with closed_port() as port:
         url = f"postgresql://ana:s3cret-pw@127.0.0.1:{port}/lr?connect_timeout=3"
         with pytest.raises(StorageError) as caught:
             open_storage(url)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 import time
 from pathlib import Path
 
@@ -139,14 +138,10 @@ def test_a_weights_file_of_another_base_is_refused_in_one_line(tmp_path: Path) -
 
 
 def test_imagenet_weights_offline_fail_at_once_naming_the_way_out(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, closed_origin: str
 ) -> None:
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    with socket.socket() as closed:  # a port nobody listens on: the download is refused
-        closed.bind(("127.0.0.1", 0))
-        monkeypatch.setenv(
-            "LRSTUDY_WEIGHTS_ORIGIN", f"http://127.0.0.1:{closed.getsockname()[1]}/"
-        )
+    monkeypatch.setenv("LRSTUDY_WEIGHTS_ORIGIN", closed_origin)  # the download is refused
     started = time.perf_counter()
     with pytest.raises(InputError) as error:
         build_model("inception_v3", 75, "imagenet", optimizer="adam", learning_rate=1e-3)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import multiprocessing
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,13 +80,10 @@ def test_a_file_with_another_hash_is_refused_and_not_kept(
 
 
 def test_an_unreachable_origin_is_one_line_naming_the_fix(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, closed_origin: str
 ) -> None:
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    monkeypatch.setenv("LRSTUDY_WEIGHTS_ORIGIN", f"http://127.0.0.1:{port}/")
+    monkeypatch.setenv("LRSTUDY_WEIGHTS_ORIGIN", closed_origin)
     with pytest.raises(InputError) as error:
         fetch_imagenet_weights(md5=MD5)
     message = str(error.value)

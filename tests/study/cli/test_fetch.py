@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import socketserver
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.trainer.test_scan import write_kaggle_download
+from tests.waiting import closed_port
 from trainer._fetch import KAGGLE_HANDLE, KAGGLE_PAGE, MENDELEY_DOI, RECORD_NAME, resolve_data
 
 
@@ -51,12 +51,6 @@ def refusing_proxy() -> Iterator[int]:
         server.shutdown()
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]  # nothing listens there once the socket is closed
-
-
 def lrstudy(
     tmp_path: Path, *args: str, proxy_port: int | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess:
@@ -68,16 +62,17 @@ def lrstudy(
         HOME=str(tmp_path / "home"),
         XDG_CACHE_HOME=str(tmp_path / "xdg"),
         KAGGLEHUB_CACHE=str(tmp_path / "kagglehub"),
-        HTTPS_PROXY=f"http://127.0.0.1:{proxy_port or closed_port()}",
     )
-    return subprocess.run(
-        [sys.executable, "-m", "study", *args],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=timeout,  # the probe gives up after 10 s: this only guards against a regression
-        env=env,
-    )
+    with closed_port() as closed:
+        env["HTTPS_PROXY"] = f"http://127.0.0.1:{proxy_port or closed}"
+        return subprocess.run(
+            [sys.executable, "-m", "study", *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=timeout,  # the probe gives up after 10 s: this only guards a regression
+            env=env,
+        )
 
 
 def manual_download_error(result: subprocess.CompletedProcess) -> str:

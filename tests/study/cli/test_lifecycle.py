@@ -27,8 +27,8 @@ from tests.study.cli.test_study import (
     assert_exactly_once,
     complete_trials,
     lrstudy,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -154,7 +154,8 @@ def test_a_sigkilled_worker_leaves_its_cell_failed_for_good_until_retry_brings_i
     reader.start()
     started = re.compile(r"worker doomed: trial (\d+) cell (\S+) started")
     try:
-        wait_for(lambda: any(map(started.search, log)), what="the worker's first cell")
+        first_cell = lambda: any(map(started.search, log))  # noqa: E731
+        wait_for(first_cell, timeout_s=180, what="the worker's first cell")
         os.kill(worker.pid, signal.SIGKILL)
         assert worker.wait(timeout=60) == -signal.SIGKILL
     finally:

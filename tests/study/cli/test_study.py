@@ -10,7 +10,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from study.grid._attrs import SPEC as SPEC_ATTR
 from study.grid._attrs import SPEC_FINGERPRINT as FINGERPRINT_ATTR
 from study.spec import load_preset, load_spec
 from study.spec._presets import PAPER_TOML
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 # The paper's 4 x 3 grid, made small enough for a CPU test.
@@ -333,15 +333,6 @@ def test_run_on_postgresql_finishes_the_grid_exactly_once(
     assert password not in json.dumps(study.user_attrs)
 
 
-def wait_for(predicate, timeout: float = 180, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.slow
 def test_an_interrupted_run_finishes_only_the_missing_cells_when_run_again(
     setup: dict,
@@ -374,7 +365,7 @@ def test_an_interrupted_run_finishes_only_the_missing_cells_when_run_again(
         return done >= 1
 
     try:
-        wait_for(first_cell_complete, what="the first complete cell")
+        wait_for(first_cell_complete, timeout_s=180, what="the first complete cell")
     finally:
         os.killpg(process.pid, signal.SIGINT)
     out, err = process.communicate(timeout=120)

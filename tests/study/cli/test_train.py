@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -140,11 +139,8 @@ def test_a_missing_data_folder_ends_in_one_line(tmp_path: Path) -> None:
 
 
 def test_imagenet_weights_offline_end_in_one_line_naming_weights_none(
-    data_dir: Path, tmp_path: Path
+    data_dir: Path, tmp_path: Path, closed_origin: str
 ) -> None:
-    with socket.socket() as closed:  # a port nobody listens on: the download is refused
-        closed.bind(("127.0.0.1", 0))
-        origin = f"http://127.0.0.1:{closed.getsockname()[1]}/"
     args = _args(data_dir, tmp_path / "out")
     args[args.index("--weights") + 1] = "imagenet"
     args[args.index("--model") + 1] = "inception_v3"
@@ -153,7 +149,7 @@ def test_imagenet_weights_offline_end_in_one_line_naming_weights_none(
         **os.environ,
         "KERAS_HOME": str(tmp_path),
         "HOME": str(tmp_path),
-        "LRSTUDY_WEIGHTS_ORIGIN": origin,
+        "LRSTUDY_WEIGHTS_ORIGIN": closed_origin,  # the download is refused
     }
     done = subprocess.run(args, capture_output=True, text=True, timeout=60, env=environment)
     assert done.returncode == 2

@@ -41,6 +41,7 @@ from study.grid import (
 from study.grid._attrs import LOST
 from study.results import status_table
 from study.spec import cell_key, load_preset
+from tests.waiting import wait_for
 from trainer import InputError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -81,13 +82,6 @@ class _Objective:
 def _work(url: str, objective: _Objective) -> None:
     storage = open_storage(url, heartbeat_s=1, grace_s=3, stale_trial_callback=RetryStaleCell())
     run_worker(load_grid_study(storage, "lr"), objective, worker_id=f"w{os.getpid()}", poll_s=0.2)
-
-
-def _wait_for(condition, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def _lrstudy(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
@@ -227,7 +221,7 @@ def test_a_sigkilled_cell_fails_for_good_and_retry_brings_it_back_exactly_once(
     objective = _Objective(tmp_path, hang_cell=HUNG_CELL)
     doomed = _CTX.Process(target=_work, args=(storage_url, objective))
     doomed.start()
-    _wait_for(lambda: (tmp_path / "hung").exists())
+    wait_for(lambda: (tmp_path / "hung").exists())
     os.kill(doomed.pid, signal.SIGKILL)  # type: ignore[arg-type]
     doomed.join(10)
     survivor = _CTX.Process(target=_work, args=(storage_url, objective))

@@ -30,6 +30,7 @@ from study.grid import (
 )
 from study.spec import cell_key
 from tests.postgres import PostgresServer
+from tests.waiting import wait_for
 from trainer import InputError
 
 GRID = {"learning_rate": [0.1, 0.01, 0.001, 0.0001], "seed": [0, 1, 2]}
@@ -94,13 +95,6 @@ def _start(storage: BaseStorage, objective: _Objective, worker_id: str) -> multi
     return process
 
 
-def _wait_for(condition: object, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def _complete_once(storage: BaseStorage) -> list[optuna.trial.FrozenTrial]:
     """Assert one COMPLETE trial per cell; return all trials."""
     trials = optuna.load_study(study_name="lr", storage=storage).get_trials()
@@ -144,7 +138,7 @@ def test_sigkilled_worker_trial_fails_after_grace_and_runs_again_elsewhere(
     create_grid_study(storage, "lr", GRID)
     objective = _Objective(tmp_path, hang_cell=SLOW_CELL)
     doomed = _start(storage, objective, "doomed")
-    _wait_for(lambda: (tmp_path / "hung").exists())
+    wait_for(lambda: (tmp_path / "hung").exists())
     os.kill(doomed.pid, signal.SIGKILL)  # type: ignore[arg-type]
     doomed.join(10)
     survivor = _start(storage, objective, "survivor")
@@ -172,7 +166,7 @@ def test_sigterm_fails_the_trial_at_once_requeues_it_and_exits_zero(tmp_path: Pa
     create_grid_study(storage, "lr", GRID)
     objective = _Objective(tmp_path, hang_cell=SLOW_CELL)
     worker = _start(storage, objective, "w")
-    _wait_for(lambda: (tmp_path / "hung").exists())
+    wait_for(lambda: (tmp_path / "hung").exists())
     started = time.monotonic()
     worker.terminate()  # SIGTERM
     worker.join(30)
@@ -198,7 +192,7 @@ def test_sigterm_while_waiting_for_other_workers_exits_zero_at_once(tmp_path: Pa
     assert storage.set_trial_state_values(elsewhere, TrialState.RUNNING)
     worker = _CTX.Process(target=_work, args=(storage, "w", _Objective(tmp_path), 60.0))
     worker.start()
-    _wait_for(
+    wait_for(
         lambda: (
             (tmp_path / "report-w.json").exists()
             or sum(_Objective(tmp_path).count(cell) for cell in CELLS) == 11
@@ -280,7 +274,7 @@ def test_workers_ride_out_a_postgresql_restart(
     create_grid_study(storage, "lr", GRID)
     objective = _Objective(tmp_path, sleep_s=0.3)
     processes = [_start(storage, objective, f"w{i}") for i in range(2)]
-    _wait_for(lambda: sum(objective.count(cell) for cell in CELLS) >= 4)
+    wait_for(lambda: sum(objective.count(cell) for cell in CELLS) >= 4)
     postgres_server.stop()
     time.sleep(2)
     postgres_server.start()

@@ -26,6 +26,7 @@ from study.grid import ARTIFACT_FOLDER, load_grid_study, study_folder, study_uid
 from study.results import FIGURE_ID, TEST_FIGURE_ID, attach_lr_find, refresh_views
 from tests.study.results.results_study import DIVERGED_CELL, LEARNING_RATES, STUDY, build_study
 from tests.study.results.test_lr_find_figure import _diverged
+from tests.waiting import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -43,12 +44,6 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     url = f"sqlite:///{folder / 'study.db'}"
     build_study(url, folder / "artifacts")
     return url, folder / "artifacts"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def stored_figure(study: optuna.Study, figure_id: str = FIGURE_ID) -> dict:

@@ -4,7 +4,6 @@ study commands, as a newcomer meets them (subprocesses, no network)."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -126,22 +125,19 @@ def test_run_preset_quick_on_the_kaggle_download_finishes_and_says_smoke_run(
 
 
 # Kaggle's and Keras's hosts unreachable in any environment: the weights host becomes this
-# machine's closed HTTPS port.
+# machine's closed port (closed_origin).
 def test_run_preset_paper_without_imagenet_weights_stops_before_creating_the_study(
-    tmp_path: Path, dataset_dir: Path
+    tmp_path: Path, dataset_dir: Path, closed_origin: str
 ) -> None:
     """Offline, every cell would fail and spend its retries, leaving the study failed for
     good; the run must refuse at once instead, in one line, and create nothing."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    with socket.socket() as closed:  # a port nobody listens on: the download is refused
-        closed.bind(("127.0.0.1", 0))
-        origin = f"http://127.0.0.1:{closed.getsockname()[1]}/"
     done = subprocess.run(
         [sys.executable, "-m", "study", "run", "--preset", "paper",
          "--data", str(dataset_dir), "--storage", url, "--workers", "1"],
         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[3], timeout=60,
         env={**os.environ, "HOME": str(tmp_path / "home"), "KERAS_HOME": str(tmp_path / "k"),
-             "LRSTUDY_WEIGHTS_ORIGIN": origin},
+             "LRSTUDY_WEIGHTS_ORIGIN": closed_origin},
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     *before, line = done.stderr.strip().splitlines()
