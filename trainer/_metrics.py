@@ -11,7 +11,8 @@ labels hold one class. The Brier score counts a NaN probability as 0. The result
 bootstrap computes its point estimates and resamples with ``point_metrics`` too.
 
 The loss of training and validation is one function: binary cross-entropy of the head's logit,
-``max(z, 0) - z y + log(1 + exp(-|z|))``, which never overflows and is not clipped.
+``max(z, 0) - z y + log(1 + exp(-|z|))``, which never overflows and is not clipped
+(``logit_loss``).
 """
 
 from __future__ import annotations
@@ -162,12 +163,17 @@ def sigmoid(logits: Sequence[float] | np.ndarray) -> np.ndarray:
 
 def logit_loss(labels: Sequence[int] | np.ndarray, logits: Sequence[float] | np.ndarray) -> float:
     """Mean binary cross-entropy of logits, the function Keras trains with
-    (``BinaryCrossentropy(from_logits=True)``), in float64; NaN when a logit is NaN."""
+    (``BinaryCrossentropy(from_logits=True)``), in float64; NaN when a logit is NaN.
+
+    Written as softplus(-z) for a PNEUMONIA label and softplus(z) for a NORMAL one, so that an
+    infinite logit costs 0 on its own side and infinity on the other, not ``inf - inf``.
+    """
     y = np.asarray(labels, dtype=np.float64).ravel()
     z = np.asarray(logits, dtype=np.float64).ravel()
     if y.size == 0:
         return math.nan
-    return float(np.mean(np.maximum(z, 0.0) - z * y + np.log1p(np.exp(-np.abs(z)))))
+    signed = np.where(y == 1, -z, z)
+    return float(np.mean(np.maximum(signed, 0.0) + np.log1p(np.exp(-np.abs(signed)))))
 
 
 def validation_metrics(

@@ -56,8 +56,18 @@ def write_figures(results: StudyResults, out: Path) -> tuple[list[Path], list[st
 
 
 def epoch_series(group: Group, records: dict[int, dict[str, Any]], metric: str) -> list[list[Any]]:
-    """Each complete seed's per-epoch values of ``metric`` (empty lists where unrecorded)."""
-    return [list((records[t].get("history") or {}).get(metric) or []) for t in group.trials]
+    """Each complete seed's per-epoch values of ``metric`` (empty lists where unrecorded).
+
+    A diverged seed stopped training with non-finite weights, which go on predicting what they
+    predicted then: its last value holds to the group's last epoch. So every epoch's mean
+    counts every seed, and the curves end where Tables 4 and 5 stand.
+    """
+    series = [list((records[t].get("history") or {}).get(metric) or []) for t in group.trials]
+    epochs = max(map(len, series), default=0)
+    for values, trial in zip(series, group.trials, strict=True):
+        if records[trial].get("diverged") and values:
+            values += values[-1:] * (epochs - len(values))
+    return series
 
 
 def _epoch_figure(

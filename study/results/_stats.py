@@ -117,7 +117,9 @@ class Ranking:
 
     ``ahead_of`` lists the groups the leader beats after Holm's correction, ``not_separated``
     those it was tested against without a significant gap (or a tie), ``untestable`` those no
-    paired t-test could compare (fewer than two shared seeds, or differences without spread).
+    paired t-test could compare (fewer than two shared seeds, or differences without spread),
+    ``beaten_by`` those significantly ahead of it on the seeds both have (possible only when
+    seeds are missing: the leader's mean then rests on seeds the other lacks).
     """
 
     metric: str
@@ -125,6 +127,7 @@ class Ranking:
     ahead_of: list[str]
     not_separated: list[str]
     untestable: list[str]
+    beaten_by: list[str]
     sentence: str
 
     def to_dict(self) -> dict[str, object]:
@@ -134,6 +137,7 @@ class Ranking:
             "ahead_of": self.ahead_of,
             "not_separated": self.not_separated,
             "untestable": self.untestable,
+            "beaten_by": self.beaten_by,
             "alpha": ALPHA,
             "power": POWER,
             "sentence": self.sentence,
@@ -260,6 +264,7 @@ def rank(
     behind: list[tuple[str, PairedTest]] = []  # tested, not significant
     tied: list[str] = []
     untestable: list[tuple[str, PairedTest]] = []
+    beaten: list[tuple[str, PairedTest]] = []  # ahead of the leader on the seeds both have
     for label, summary in ranked[1:]:
         test = by_pair[frozenset((leader, label))]
         # Equal means can differ in the last bit; that is a tie, not a lead.
@@ -272,6 +277,8 @@ def rank(
             untestable.append((label, test))
         elif _p_holm(test) < ALPHA and _advantage(test, leader, higher_is_better) > 0:
             ahead.append((label, test))
+        elif _p_holm(test) < ALPHA:
+            beaten.append((label, test))
         else:
             behind.append((label, test))
 
@@ -295,13 +302,23 @@ def rank(
             "no paired t-test is possible against "
             + _join([f"{label} ({_untestable(test)})" for label, test in untestable])
         )
-    pairs = len(tests)
+    if beaten:
+        overtaking = [
+            f"{label} is significantly ahead of it on the {t.n} seeds both have (by "
+            f"{-_advantage(t, leader, higher_is_better):.4f}, {_p('p_holm', _p_holm(t))})"
+            for label, t in beaten
+        ]
+        clauses.append(_join(overtaking))
     lines = [
         f"{leader} has the {'highest' if higher_is_better else 'lowest'} mean {title} "
         f"({_describe(top)}).",
-        f"By {PAIRED_T}-tests over seeds, Holm-corrected over the {pairs} "
-        f"pair{'s' * (pairs != 1)}, " + "; ".join(clauses) + ".",
+        f"By {PAIRED_T}-tests over seeds{_holm_over(tests)}, " + "; ".join(clauses) + ".",
     ]
+    if beaten:
+        lines.append(
+            "The means rest on different seeds, as some cells are missing or undefined: "
+            "the paired tests, over the seeds both have, are the comparison to read."
+        )
     if behind:
         lines.append(_power(behind))
     left_out = [f"{label} ({s.left_out()})" for label, s in ranked[1:] if s.diverged]
@@ -311,7 +328,7 @@ def rank(
         )
     lines.append(
         "So the first place is not established on this evidence."
-        if behind or tied or untestable
+        if behind or tied or untestable or beaten
         else f"So {leader} ranks first on this evidence."
     )
     return Ranking(
@@ -320,8 +337,18 @@ def rank(
         ahead_of=[label for label, _ in ahead],
         not_separated=[label for label, _ in behind] + tied,
         untestable=[label for label, _ in untestable],
+        beaten_by=[label for label, _ in beaten],
         sentence=" ".join(lines),
     )
+
+
+def _holm_over(tests: Sequence[PairedTest]) -> str:
+    """The pairs Holm's correction counted, in words: those with a p-value."""
+    counted = sum(test.p is not None for test in tests)
+    if not counted:
+        return " (no pair gives a p-value)"
+    words = f", Holm-corrected over the {counted} pair{'s' * (counted != 1)}"
+    return words if counted == len(tests) else f"{words} with a p-value (of {len(tests)})"
 
 
 def _advantage(test: PairedTest, leader: str, higher_is_better: bool) -> float:

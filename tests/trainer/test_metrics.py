@@ -139,6 +139,14 @@ def test_a_saturated_logit_gives_the_true_loss_not_a_clipped_one() -> None:
     assert float(theirs) == pytest.approx(62.5, rel=1e-6)  # -log(1e-7) = 16.1 was the old cap
 
 
+def test_an_infinite_logit_on_its_own_side_costs_nothing() -> None:
+    """An overflowed logit is a certainty: right costs 0, wrong costs infinity, never NaN."""
+    assert logit_loss([1, 0], [np.inf, -np.inf]) == 0.0
+    assert logit_loss([0, 1], [np.inf, 1.0]) == np.inf
+    assert logit_loss([1, 0], [np.inf, 2.0]) == pytest.approx(logit_loss([0], [2.0]) / 2)
+    assert np.isnan(logit_loss([1, 0], [np.nan, 1.0]))
+
+
 def test_validation_metrics_do_not_depend_on_order() -> None:
     rng = np.random.default_rng(1)
     labels, logits = rng.integers(0, 2, 64), rng.normal(0, 2, 64)

@@ -10,7 +10,16 @@ import pytest
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from study.results import PairedTest, Ranking, paired_over_seeds, per_epoch, rank, summarize
+from study.results import (
+    Group,
+    PairedTest,
+    Ranking,
+    paired_over_seeds,
+    per_epoch,
+    rank,
+    summarize,
+)
+from study.results._figures import epoch_series
 from study.results._paired import seeds_needed
 
 # Kim & Ye (2022), one learning rate's validation accuracy over three seeds (Table 4).
@@ -148,6 +157,12 @@ def test_a_gap_without_spread_cannot_be_tested_and_equal_seeds_are_a_tie() -> No
     assert "the paired differences do not vary" in ranking.sentence
     tie, _ = ranked({"a": [0.8, 0.9], "b": [0.8, 0.9], "c": [0.5, 0.6]})
     assert tie is not None and "b" in tie.not_separated and "it is tied with b" in tie.sentence
+    assert "over seeds (no pair gives a p-value), it is tied with b" in tie.sentence
+    # A tie has no p-value: Holm's correction counts the other two pairs, and says so.
+    tie, _ = ranked({"a": [0.8, 0.9, 0.85], "b": [0.8, 0.9, 0.85], "c": [0.5, 0.7, 0.55]})
+    assert tie is not None and "Holm-corrected over the 2 pairs with a p-value (of 3), " in (
+        tie.sentence
+    )
     assert ranked({"a": [0.8, 0.9], "b": [None, None]})[0] is None
 
 
@@ -171,3 +186,37 @@ def test_per_epoch_summaries_follow_runs_of_different_lengths() -> None:
     assert summaries[0].sd == pytest.approx(statistics.stdev([0.5, 0.7, 0.6]))
     assert summaries[1].undefined == 1
     assert per_epoch([]) == []
+
+
+def test_a_diverged_seed_holds_its_last_value_to_the_end_of_the_epoch_curves() -> None:
+    """Training stops at a non-finite loss; the curve's mean must still count that seed, as
+    the table of the last epoch does."""
+    group = Group("lr 0.1", {}, [0, 1, 2], [0, 1, 2], {}, {}, diverged=[1], collapsed=[])
+    records = {
+        0: {"history": {"val_accuracy": [0.6, 0.7, 0.8]}, "diverged": False},
+        1: {"history": {"val_accuracy": [0.5, 0.3]}, "diverged": True},
+        2: {"history": {"val_accuracy": [0.7, 0.9, 0.9]}, "diverged": False},
+    }
+    series = epoch_series(group, records, "val_accuracy")
+    assert series == [[0.6, 0.7, 0.8], [0.5, 0.3, 0.3], [0.7, 0.9, 0.9]]
+    last = per_epoch(series)[-1]
+    assert last.n == 3 and last.mean == pytest.approx(statistics.fmean([0.8, 0.3, 0.9]))
+    records[1]["diverged"] = False  # a short history that did not diverge is not made up
+    assert epoch_series(group, records, "val_accuracy")[1] == [0.5, 0.3]
+
+
+def test_a_runner_up_ahead_on_the_shared_seeds_is_not_called_behind() -> None:
+    """With a cell missing, the best mean can rest on a seed the other group lacks, while
+    the paired test, over the seeds both have, is significant the other way."""
+    ranking, (test,) = ranked({"a": [0.80, 0.81, 0.995, 0.82], "b": [0.83, 0.841, None, 0.849]})
+    assert ranking is not None and ranking.leader == "a"
+    assert test.p_holm is not None and test.p_holm < 0.05 and test.difference < 0
+    assert (ranking.beaten_by, ranking.not_separated, ranking.ahead_of) == (["b"], [], [])
+    assert (
+        f"b is significantly ahead of it on the 3 seeds both have (by {-test.difference:.4f}, "
+        f"p_holm = {test.p_holm:.4f})"
+    ) in ranking.sentence
+    assert "not significantly ahead" not in ranking.sentence
+    assert "none is significant" not in ranking.sentence
+    assert ranking.sentence.endswith("So the first place is not established on this evidence.")
+    assert ranking.to_dict()["beaten_by"] == ["b"]
