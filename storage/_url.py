@@ -47,14 +47,21 @@ def parse_url(url: str) -> ParsedURL:
     text = str(url).strip()
     try:
         parsed = make_url(text)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         # No cause chained: SQLAlchemy's message quotes the URL, password included.
         raise StorageError(
-            f"storage URL {mask_url(text)!r} is malformed; expected {_FORMS}"
+            f"storage URL {mask_url(text)!r} is malformed (check the host and the port); "
+            f"expected {_FORMS}"
         ) from None
     if parsed.drivername in _SQLITE_NAMES:
         return ParsedURL(_check_sqlite(text, parsed.database), "sqlite", None)
     if parsed.drivername in _POSTGRES_NAMES:
+        if "@" in (parsed.host or ""):
+            # The password ends at its first "@": the rest of it would be the host, and quoted.
+            raise StorageError(
+                f"storage URL {mask_url(text)!r} holds '@' more than once; write an '@' of the "
+                "user name or password as %40"
+            )
         if not parsed.database:
             raise StorageError(
                 f"storage URL {mask_url(text)!r} names no database; "

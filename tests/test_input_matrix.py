@@ -100,6 +100,8 @@ ROWS = [
     Row("create {quick} --set 'study.name=\"../up\"'", r"study.name must be letters.*'../up'"),
     # storage
     Row("status --storage not-a-url --study quick", r"storage URL 'not-a-url' is malformed"),
+    Row(f"status --storage postgresql://a:{SECRET}@127.0.0.1:nope/lr --study quick", r"malformed"),
+    Row(f"status --storage postgresql://a:{SECRET}@x@127.0.0.1/lr --study quick", r"as %40"),
     Row("status --storage {pg_closed} --study quick", r"cannot open .*:\*\*\*@127.*refused"),
     Row("status --storage {pg_wrong} --study quick", r":\*\*\*@127.*password authentication", SUB),
     Row("create {quick} --storage {pg_wrong}", r"cannot open storage .*:\*\*\*@.*check the user"),

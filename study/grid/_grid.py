@@ -308,7 +308,10 @@ def _check_grid(grid: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
                     f"grid axis {axis!r} holds {value!r}; values must be finite numbers, "
                     "strings or booleans"
                 )
-        if len(set(map(repr, values))) != len(values):
+        # Equal values (1 and 1.0, True and 1) would share a grid id, and values whose cell
+        # keys agree ("a/b" and "a-b") a folder: each cell must be one of its own.
+        keys = {cell_key({axis: value}) for value in values}
+        if len(set(values)) != len(values) or len(keys) != len(values):
             raise InputError(f"grid axis {axis!r} repeats a value: {list(values)}; list each once")
         checked[str(axis)] = list(values)
     return checked

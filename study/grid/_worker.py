@@ -231,10 +231,23 @@ def _run_trial(
     # The trial has suggested nothing yet: its cell comes from the grid.
     system = claimed.system_attrs
     cell = cell_key(cell_params(system[_attrs.SEARCH_SPACE], int(system[_attrs.GRID_ID])))
-    call_reconnecting(
-        lambda: _attrs.record_worker(storage, trial_id, worker_id, host),
-        what=f"starting trial {number}",
-    )
+    try:
+        call_reconnecting(
+            lambda: _attrs.record_worker(storage, trial_id, worker_id, host),
+            what=f"starting trial {number}",
+        )
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # The storage was out longer than the grace period: another worker's sweep failed the
+        # claim as stale and re-queued its cell, which a later claim will train.
+        report.discarded.append(number)
+        _logger.warning(
+            "worker %s: trial %d cell %s was failed as stale before it started; its cell is "
+            "queued again",
+            worker_id,
+            number,
+            cell,
+        )
+        return
     _logger.info("worker %s: trial %d cell %s started", worker_id, number, cell)
     with heartbeat(storage, trial_id):
         try:

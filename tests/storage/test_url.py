@@ -40,6 +40,10 @@ def test_mask_url_hides_passwords_and_keeps_the_rest(url: str, masked: str) -> N
         ("sqlite://", "in-memory"),
         ("sqlite:///:memory:", "in-memory"),
         ("postgresql://ana:s3cret@db:5432", "names no database"),
+        ("postgresql://ana:s3cret@db:notaport/lr", "malformed (check the host and the port)"),
+        ("postgresql://ana:s3cret@[::1/lr", "malformed (check the host and the port)"),
+        # The password ends at its first "@": the rest must not be quoted as a host.
+        ("postgresql://ana:s3cret@tail@db:5432/lr", "holds '@' more than once; write an '@'"),
     ],
 )
 def test_bad_urls_fail_with_one_masked_line(url: str, expected: str) -> None:
@@ -47,7 +51,7 @@ def test_bad_urls_fail_with_one_masked_line(url: str, expected: str) -> None:
         open_storage(url)
     message = str(caught.value)
     assert expected in message
-    assert "s3cret" not in message
+    assert "s3cret" not in message and "tail" not in message
     assert "\n" not in message
 
 

@@ -75,6 +75,8 @@ def test_creating_again_is_a_no_op_and_another_grid_is_refused(storage_url: str)
         ({"learning_rate": [0.1, None]}, "finite numbers, strings or booleans"),
         ({"learning_rate": [float("nan")]}, "finite numbers"),
         ({"seed": [1, 1]}, "repeats a value"),
+        ({"learning_rate": [1, 1.0]}, "repeats a value"),  # one grid id for both
+        ({"weights": ["/a/b.h5", "/a-b.h5"]}, "repeats a value"),  # one cell folder for both
     ],
 )
 def test_bad_grids_are_refused(tmp_path: Path, grid: dict, expected: str) -> None:

@@ -241,6 +241,25 @@ def test_a_failed_trial_s_traceback_is_logged_at_debug_level(
     assert any("trial 0 traceback:\nTraceback (most recent call last)" in m for m in debug)
 
 
+def test_a_claim_failed_as_stale_before_it_starts_is_let_go(tmp_path: Path) -> None:
+    """A storage outage past the grace period lets another worker's sweep fail the claim
+    before this worker records itself on it: the worker lets the trial go, trains nothing
+    and goes on, where it used to die on Optuna's UpdateFinishedTrialError."""
+    from study.grid._worker import WorkerReport, _Claimer, _Inside, _run_trial
+
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    create_grid_study(storage, "lr", {"learning_rate": [0.1], "seed": [0]})
+    study = load_grid_study(storage, "lr")
+    claimed = _Claimer(study).claim()
+    assert claimed is not None
+    storage.set_trial_state_values(claimed._trial_id, TrialState.FAIL)  # the sweep's doing
+    report = WorkerReport("w")
+    objective = _Objective(tmp_path)
+    _run_trial(study, claimed, objective, "w", "host", 2, report, _Inside())
+    assert (report.discarded, report.completed, report.failed) == ([claimed.number], [], [])
+    assert objective.count("learning_rate=0.1__seed=0") == 0
+
+
 def test_stop_event_ends_the_worker_after_the_running_trial(tmp_path: Path) -> None:
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
     create_grid_study(storage, "lr", GRID)
