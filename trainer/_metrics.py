@@ -73,7 +73,9 @@ class BinaryMetrics:
 
 
 def point_metrics(
-    labels: Sequence[int] | np.ndarray, probabilities: Sequence[float] | np.ndarray
+    labels: Sequence[int] | np.ndarray,
+    probabilities: Sequence[float] | np.ndarray,
+    scores: Sequence[float] | np.ndarray | None = None,
 ) -> dict[str, float]:
     """Accuracy, precision, recall, specificity, F1, ROC AUC and Brier score; NaN = undefined.
 
@@ -82,6 +84,8 @@ def point_metrics(
     Args:
         labels: 0 = NORMAL, 1 = PNEUMONIA.
         probabilities: Predicted probability of PNEUMONIA per image; NaN counts as NORMAL.
+        scores: What ROC AUC ranks: the logits, whose order survives where float64 rounds a
+            probability to 0 or 1. Defaults to the probabilities.
     """
     y, p = _inputs(labels, probabilities)
     if ((p < 0) | (p > 1)).any():
@@ -95,22 +99,25 @@ def point_metrics(
         "recall": _ratio(tp, tp + fn),
         "specificity": _ratio(tn, tn + fp),
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "roc_auc": roc_auc(y, p),
+        "roc_auc": roc_auc(y, p if scores is None else scores),
         "brier": float(np.mean((np.where(np.isnan(p), 0.0, p) - y) ** 2)),
     }
 
 
 def binary_metrics(
-    labels: Sequence[int] | np.ndarray, probabilities: Sequence[float] | np.ndarray
+    labels: Sequence[int] | np.ndarray,
+    probabilities: Sequence[float] | np.ndarray,
+    scores: Sequence[float] | np.ndarray | None = None,
 ) -> BinaryMetrics:
     """``point_metrics`` with the confusion matrix, ``collapsed`` and the undefined ones named.
 
     Args:
         labels: True classes, 0 = NORMAL, 1 = PNEUMONIA.
         probabilities: Predicted probability of PNEUMONIA per image; NaN is allowed.
+        scores: What ROC AUC ranks (``point_metrics``). Defaults to the probabilities.
     """
     y, p = _inputs(labels, probabilities)
-    values = point_metrics(y, p)
+    values = point_metrics(y, p, scores)
     tn, fp, fn, tp = _confusion(y, p)
     if y.size == 0:
         reasons = dict.fromkeys(values, "no images")
@@ -118,15 +125,15 @@ def binary_metrics(
         reasons = {"roc_auc": "the labels hold only one class"}
     else:
         reasons = {}
-    scores = {name: None if name in reasons else float(value) for name, value in values.items()}
+    defined = {name: None if name in reasons else float(value) for name, value in values.items()}
     return BinaryMetrics(
-        accuracy=scores["accuracy"],
-        precision=scores["precision"],
-        recall=scores["recall"],
-        specificity=scores["specificity"],
-        f1=scores["f1"],
-        roc_auc=scores["roc_auc"],
-        brier=scores["brier"],
+        accuracy=defined["accuracy"],
+        precision=defined["precision"],
+        recall=defined["recall"],
+        specificity=defined["specificity"],
+        f1=defined["f1"],
+        roc_auc=defined["roc_auc"],
+        brier=defined["brier"],
         tn=tn,
         fp=fp,
         fn=fn,

@@ -41,7 +41,7 @@ CHECKPOINT_FILE = "checkpoint.npz"
 BEST_WEIGHTS_FILE = "best.npz"
 RESULT_FILE = "result.json"
 PREDICTIONS_FILE = "predictions.csv"
-# The validation part's probabilities from the same tested weights: the export chooses a
+# The validation part's predictions from the same tested weights: the export chooses a
 # secondary threshold on them (Youden's J), never on the test part.
 VAL_PREDICTIONS_FILE = "val_predictions.csv"
 HISTORY_FILE = "history.csv"
@@ -257,9 +257,9 @@ def train_cell(
     test = _test(model, dataset.test, config, state)
     trainable = sum(int(np.prod(variable.shape)) for variable in model.trainable_weights)
     predictions_path = out / PREDICTIONS_FILE
-    _write_predictions(predictions_path, dataset.test, test.pop("probabilities"))
-    val_probabilities = sigmoid(_predict(model, dataset.val, config))  # the tested weights
-    _write_predictions(out / VAL_PREDICTIONS_FILE, dataset.val, val_probabilities)
+    _write_predictions(predictions_path, dataset.test, test.pop("logits"))
+    val_logits = _predict(model, dataset.val, config)  # of the tested weights
+    _write_predictions(out / VAL_PREDICTIONS_FILE, dataset.val, val_logits)
     _write_history(out / HISTORY_FILE, state["history"])
     result = CellResult(
         config=config,
@@ -460,7 +460,7 @@ def _predict(model: keras.Model, part: Part, config: CellConfig) -> np.ndarray:
 def _test(
     model: keras.Model, part: Part, config: CellConfig, state: dict[str, Any]
 ) -> dict[str, Any]:
-    """Test metrics of the configured weights; the probabilities ride along for the CSV."""
+    """Test metrics of the configured weights; the logits ride along for the CSV."""
     epoch = state["history"][-1]["epoch"]
     if config.test_weights == "best":
         best = load_checkpoint(Path(config.out_dir) / BEST_WEIGHTS_FILE)
@@ -471,14 +471,9 @@ def _test(
             )
         best.restore(model)
         epoch = state["best"]["epoch"]
-    probabilities = sigmoid(_predict(model, part, config))
-    metrics = binary_metrics(part.labels, probabilities).to_dict()
-    return {
-        "weights": config.test_weights,
-        "epoch": epoch,
-        **metrics,
-        "probabilities": probabilities,
-    }
+    logits = _predict(model, part, config)
+    metrics = binary_metrics(part.labels, sigmoid(logits), scores=logits).to_dict()
+    return {"weights": config.test_weights, "epoch": epoch, **metrics, "logits": logits}
 
 
 def _better(row: dict[str, Any], best: dict[str, Any] | None) -> bool:
@@ -499,13 +494,19 @@ def _cell_name(config: CellConfig) -> str:
     return f"{config.model} lr={config.learning_rate:g} seed={config.seed}"
 
 
-def _write_predictions(path: Path, part: Part, probabilities: np.ndarray) -> None:
-    """``path,label,probability`` per test image; repr keeps every digit."""
+def _write_predictions(path: Path, part: Part, logits: np.ndarray) -> None:
+    """``path,label,probability,logit`` per image; repr keeps every digit.
+
+    The logit is kept because float64 rounds the probability of a logit beyond about 36.7 to
+    exactly 1 (and below -745 to 0): such images would tie, and their order is what ROC AUC
+    and DeLong's test rank.
+    """
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["path", "label", "probability"])
-    for name, label, p in zip(part.paths, part.labels, probabilities, strict=True):
-        writer.writerow([name, int(label), repr(float(p))])
+    writer.writerow(["path", "label", "probability", "logit"])
+    probabilities = sigmoid(logits)
+    for name, label, p, z in zip(part.paths, part.labels, probabilities, logits, strict=True):
+        writer.writerow([name, int(label), repr(float(p)), repr(float(z))])
     write_atomic(path, text.getvalue())
 
 

@@ -25,7 +25,8 @@ from trainer._metrics import point_metrics
 RESAMPLES = 2000
 CONFIDENCE = 0.95
 
-Metric = Callable[[np.ndarray, np.ndarray], Mapping[str, float]]
+# (labels, probabilities, scores) -> named values, as ``point_metrics``; scores rank ROC AUC.
+Metric = Callable[[np.ndarray, np.ndarray, np.ndarray], Mapping[str, float]]
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ def bootstrap_intervals(
     patient_ids: Sequence[str] | np.ndarray,
     metric: Metric = point_metrics,
     *,
+    scores: Sequence[float] | np.ndarray | None = None,
     resamples: int = RESAMPLES,
     seed: int = 0,
     confidence: float = CONFIDENCE,
@@ -89,20 +91,22 @@ def bootstrap_intervals(
         labels: 0 = NORMAL, 1 = PNEUMONIA, one per image.
         probabilities: Predicted probability of PNEUMONIA per image.
         patient_ids: The patient of each image; one patient's images are resampled together.
-        metric: Maps (labels, probabilities) to named metric values; NaN means undefined.
-            Defaults to ``point_metrics``.
+        metric: Maps (labels, probabilities, scores) to named metric values; NaN means
+            undefined. Defaults to ``point_metrics``.
+        scores: What ranks the images, one per image: the logits where known
+            (``Predictions.scores``). Defaults to the probabilities.
         resamples: Number of bootstrap resamples. Defaults to 2000.
         seed: Seed of the numpy Generator, so that a report is reproducible. Defaults to 0.
         confidence: Coverage of the interval. Defaults to 0.95.
     """
-    y, p = binary_inputs(labels, probabilities)
+    y, p, s = binary_inputs(labels, probabilities, probabilities if scores is None else scores)
     ids = np.asarray(patient_ids).ravel()
     if ids.shape != y.shape:
         raise ValueError(f"labels {y.shape} and patient ids {ids.shape} differ in shape")
-    point = metric(y, p)
+    point = metric(y, p, s)
     values = {name: np.empty(resamples) for name in point}
     for r, index in enumerate(patient_resamples(ids, resamples, seed)):
-        for name, value in metric(y[index], p[index]).items():
+        for name, value in metric(y[index], p[index], s[index]).items():
             values[name][r] = value
     tail = 100 * (1 - confidence) / 2
     intervals = {}

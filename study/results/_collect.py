@@ -348,7 +348,7 @@ def _reviewed(
     if without:
         notes.append(
             f"Youden's threshold is not reported for {without} of {len(tested)} trials: no "
-            f"{VAL_PREDICTIONS_FILE} (path,label,probability of each validation image, beside "
+            f"{VAL_PREDICTIONS_FILE} (each validation image's prediction, beside "
             "predictions.csv) was found for them; their metrics use the threshold 0.5 only"
         )
     trials = [(group.label, dict(zip(group.seeds, group.trials, strict=True))) for group in groups]

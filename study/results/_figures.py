@@ -113,6 +113,7 @@ def _epoch_figure(
 
 def _roc_figure(results: StudyResults, path: Path) -> tuple[list[str], bool]:
     import matplotlib.pyplot as plt
+    from scipy.stats import rankdata
     from sklearn.metrics import roc_auc_score, roc_curve
 
     notes: list[str] = []
@@ -136,8 +137,10 @@ def _roc_figure(results: StudyResults, path: Path) -> tuple[list[str], bool]:
             if len(set(test.labels.tolist())) < 2:
                 notes.append(f"{where}: predictions hold one class only; no ROC curve")
                 continue
-            fpr, tpr, _ = roc_curve(test.labels, test.probabilities)
-            auc = roc_auc_score(test.labels, test.probabilities)
+            # Ranks of the scores: the same curve, and finite where a logit overflowed.
+            ranks = rankdata(test.scores)
+            fpr, tpr, _ = roc_curve(test.labels, ranks)
+            auc = roc_auc_score(test.labels, ranks)
             axes.plot(fpr, tpr, label=f"seed {seed} (AUC {auc:.3f})")
             drawn = True
         _roc_axes(axes, group.label)

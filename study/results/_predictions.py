@@ -26,11 +26,17 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, eq=False)
 class Predictions:
-    """One part's predictions of one trial, in file order; a NaN probability is kept as NaN."""
+    """One part's predictions of one trial, in file order; a NaN probability is kept as NaN.
+
+    ``scores`` rank the images (ROC AUC, DeLong, the ROC curve): the logits where the file has
+    them, which keep their order where float64 rounds probabilities to 0 or 1; else (files of
+    trainers before the logit column) the probabilities.
+    """
 
     paths: tuple[str, ...]
     labels: np.ndarray  # int64, 0 = NORMAL, 1 = PNEUMONIA
     probabilities: np.ndarray  # float64
+    scores: np.ndarray  # float64
 
     def on(self, paths: Sequence[str]) -> Predictions | None:
         """These predictions in the order of ``paths``; None unless both hold the same images."""
@@ -40,7 +46,9 @@ class Predictions:
         if len(where) != len(self.paths) or len(paths) != len(where) or set(paths) != set(where):
             return None
         order = np.array([where[path] for path in paths], dtype=np.int64)
-        return Predictions(tuple(paths), self.labels[order], self.probabilities[order])
+        return Predictions(
+            tuple(paths), self.labels[order], self.probabilities[order], self.scores[order]
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,10 +124,17 @@ def _read(
     name = path or artifact_id
     try:
         rows = list(csv.DictReader(io.StringIO(text)))
+        probabilities = np.array([float(row["probability"]) for row in rows], dtype=np.float64)
+        has_logits = bool(rows) and "logit" in rows[0]
         predictions = Predictions(
             paths=tuple(row["path"] for row in rows),
             labels=np.array([int(row["label"]) for row in rows], dtype=np.int64),
-            probabilities=np.array([float(row["probability"]) for row in rows], dtype=np.float64),
+            probabilities=probabilities,
+            scores=(
+                np.array([float(row["logit"]) for row in rows], dtype=np.float64)
+                if has_logits
+                else probabilities
+            ),
         )
     except (KeyError, ValueError, TypeError) as error:
         return None, f"predictions file {name} is not path,label,probability ({error})"

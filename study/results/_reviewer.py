@@ -80,7 +80,12 @@ def trial_statistics(
     """
     patients = [patient(path) for path in test.paths]
     intervals = bootstrap_intervals(
-        test.labels, test.probabilities, patients, resamples=review.resamples, seed=review.seed
+        test.labels,
+        test.probabilities,
+        patients,
+        scores=test.scores,
+        resamples=review.resamples,
+        seed=review.seed,
     )
     ci95 = {
         name: None if intervals[name].low is None else [intervals[name].low, intervals[name].high]
@@ -142,7 +147,7 @@ def _image_tests(
             PairedTest(metric, a, b, seed, test, 0, None, None, None, note=problem)
             for metric, test in (("test_roc_auc", DELONG), ("test_accuracy", MCNEMAR))
         ]
-    auc = delong_test(left.labels, left.probabilities, right.probabilities)
+    auc = delong_test(left.labels, left.scores, right.scores)
     correct_a, correct_b = _correct(left), _correct(right)
     answers = mcnemar_exact(correct_a, correct_b)
     images = len(left.paths)

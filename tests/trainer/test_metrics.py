@@ -139,6 +139,21 @@ def test_a_saturated_logit_gives_the_true_loss_not_a_clipped_one() -> None:
     assert float(theirs) == pytest.approx(62.5, rel=1e-6)  # -log(1e-7) = 16.1 was the old cap
 
 
+def test_roc_auc_ranks_the_logits_where_probabilities_round_to_1() -> None:
+    """float64 rounds the sigmoid of a logit beyond about 36.7 to exactly 1: ranked on the
+    probabilities, such images tie; ranked on the logits, they keep their order."""
+    labels, logits = np.array([0, 1, 1, 1]), np.array([38.0, 40.0, 45.0, 5.0])
+    probabilities = sigmoid(logits)
+    assert probabilities[:3].tolist() == [1.0, 1.0, 1.0]
+    assert point_metrics(labels, probabilities)["roc_auc"] == pytest.approx(1 / 3)
+    ranked = point_metrics(labels, probabilities, logits)
+    assert ranked["roc_auc"] == pytest.approx(metrics.roc_auc_score(labels, logits)) == 2 / 3
+    thresholded = {k: v for k, v in ranked.items() if k != "roc_auc"}
+    assert thresholded == {
+        k: v for k, v in point_metrics(labels, probabilities).items() if k != "roc_auc"
+    }
+
+
 def test_an_infinite_logit_on_its_own_side_costs_nothing() -> None:
     """An overflowed logit is a certainty: right costs 0, wrong costs infinity, never NaN."""
     assert logit_loss([1, 0], [np.inf, -np.inf]) == 0.0

@@ -31,6 +31,7 @@ from trainer import (
     set_up_cell,
     train_cell,
 )
+from trainer._metrics import sigmoid
 
 METRICS = (
     "accuracy",
@@ -128,7 +129,10 @@ def test_test_metrics_recomputed_from_predictions_csv_are_the_reported_ones(
     assert [r["path"] for r in rows] == list(test_part.paths)
     labels = np.array([int(r["label"]) for r in rows])
     assert labels.tolist() == test_part.labels.tolist()
-    recomputed = binary_metrics(labels, np.array([float(r["probability"]) for r in rows]))
+    logits = np.array([float(r["logit"]) for r in rows])
+    probabilities = np.array([float(r["probability"]) for r in rows])
+    assert probabilities.tolist() == sigmoid(logits).tolist()
+    recomputed = binary_metrics(labels, probabilities, scores=logits)
     assert {k: straight.test[k] for k in METRICS} == {k: recomputed.to_dict()[k] for k in METRICS}
 
 

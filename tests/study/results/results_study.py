@@ -165,7 +165,8 @@ def _probabilities(
 
 
 def _write_predictions(path: Path, images: tuple[Image, ...], probabilities: np.ndarray) -> None:
-    """``path,label,probability`` per image, as the trainer writes its predictions.csv."""
+    """``path,label,probability`` per image, as trainers before the logit column wrote their
+    predictions.csv: the export reads those too (the real objective's test reads the new)."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["path", "label", "probability"])

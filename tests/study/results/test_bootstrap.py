@@ -16,7 +16,7 @@ from study.results._delong import delong_test
 NOMINAL = 0.95
 
 
-def _accuracy(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+def _accuracy(labels: np.ndarray, probabilities: np.ndarray, _: np.ndarray) -> dict[str, float]:
     return {"accuracy": float(np.mean((probabilities > 0.5) == labels))}
 
 
@@ -141,3 +141,17 @@ def test_the_default_draws_two_thousand_resamples_of_five_hundred_images() -> No
     y, p, patients = y[:500], p[:500], patients[:500]
     intervals = bootstrap_intervals(y, p, patients)
     assert all(i.resamples == 2000 for i in intervals.values())
+
+
+def test_the_auc_interval_ranks_the_scores_where_probabilities_saturate() -> None:
+    """Logits past 36.7 all have probability 1.0 in float64; the bootstrap ranks the logits."""
+    rng = np.random.default_rng(6)
+    y = np.repeat([0, 1], 40)
+    logits = np.where(y == 1, rng.uniform(38, 60, y.size), rng.uniform(37, 50, y.size))
+    p = 1 / (1 + np.exp(-logits))
+    assert set(p.tolist()) == {1.0}
+    patients = np.arange(y.size).astype(str)
+    tied = bootstrap_intervals(y, p, patients, resamples=200, seed=0)["roc_auc"]
+    ranked = bootstrap_intervals(y, p, patients, scores=logits, resamples=200, seed=0)["roc_auc"]
+    assert tied.point == 0.5
+    assert ranked.point == pytest.approx(metrics.roc_auc_score(y, logits)) and ranked.point > 0.7

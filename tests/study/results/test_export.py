@@ -599,3 +599,29 @@ def test_a_study_trained_by_the_real_objective_exports_like_the_paper(
         r["test"]["youden"] for r in summary["trials"]
     ]
     assert (tmp_path / "b" / "roc.png").is_file()
+
+
+def test_predictions_rank_by_the_logit_column_and_fall_back_to_probabilities(
+    tmp_path: Path,
+) -> None:
+    """The trainer writes each image's logit next to its probability: DeLong, the ROC curve
+    and the AUC intervals rank the logits, which keep their order where probabilities reach
+    1.0 in float64; a file of an older trainer, without the column, ranks its probabilities."""
+    from study.results._predictions import _read
+
+    rows = [("a.jpeg", 0, 38.0), ("b.jpeg", 1, 40.0), ("c.jpeg", 1, 45.0)]
+    new, old = tmp_path / "new.csv", tmp_path / "old.csv"
+    new.write_text("path,label,probability,logit\n" + "".join(
+        f"{path},{label},{1 / (1 + math.exp(-z))!r},{z!r}\n" for path, label, z in rows
+    ))  # fmt: skip
+    old.write_text("path,label,probability\n" + "".join(
+        f"{path},{label},{1 / (1 + math.exp(-z))!r}\n" for path, label, z in rows
+    ))  # fmt: skip
+    with_logits, problem = _read(None, None, str(new))
+    assert problem is None and with_logits is not None
+    assert with_logits.scores.tolist() == [38.0, 40.0, 45.0]
+    assert with_logits.probabilities.tolist() == [1.0, 1.0, 1.0]
+    assert with_logits.on(["c.jpeg", "a.jpeg", "b.jpeg"]).scores.tolist() == [45.0, 38.0, 40.0]
+    without, problem = _read(None, None, str(old))
+    assert problem is None and without is not None
+    assert without.scores.tolist() == without.probabilities.tolist() == [1.0, 1.0, 1.0]
