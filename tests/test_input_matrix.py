@@ -109,6 +109,8 @@ ROWS = [
     Row("status --storage {db} --study nope", r"study 'nope' not found in sqlite:///"),
     Row("export --storage {db} --study nope", r"study 'nope' not found in sqlite:///"),
     Row("create {quick} --set 'grid.seed=[0]'", r"another protocol: grid.seed \(stor"),
+    # a worker sets its deterministic kernels once: a grid cannot vary them
+    Row("create {quick} --set 'grid.deterministic=[true,false]'", r"unknown key grid.determin"),
     # workers, dashboard, export, output folders
     Row("launch --storage {db} --study quick --gpus 99", r"--gpus names GPU 99, which does not "),
     Row("launch --storage {db} --study quick --gpus 0 --per-gpu 0", r"--per-gpu must be an int"),

@@ -48,8 +48,8 @@ def _deterministic(key: str, value: Any) -> bool | str:
 
 def _key(default: Any, check: _checks.Check, help: str, *, axis: bool = True) -> Any:
     """A training key: its default, its check, one line of help, and whether it may be a grid
-    axis (a key that changes only how fast a cell runs is none, nor the backend, which a worker
-    process loads once)."""
+    axis (a key that changes only how fast a cell runs is none, nor the backend and the
+    deterministic kernels, which a worker process sets once for every cell it runs)."""
     return field(default=default, metadata={"check": check, "help": help, "axis": axis})
 
 
@@ -129,6 +129,7 @@ class TrainConfig:
         _deterministic,
         'reproducible to the last digit (slower on GPUs); "if-available": where XLA has the '
         "kernels",
+        axis=False,
     )
     mixed_precision: bool = _key(
         False,
