@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainer._atomic import write_atomic
-from trainer._checkpoint import Checkpoint, CheckpointWriter, load_checkpoint, set_aside
+from trainer._checkpoint import (
+    Checkpoint,
+    CheckpointWriter,
+    load_checkpoint,
+    save_checkpoint,
+    set_aside,
+)
 from trainer._config import CellConfig
 from trainer._determinism import deterministic_xla
 from trainer._errors import ConfigError, InputError
@@ -247,6 +253,8 @@ def train_cell(
         previous.restore(model)
         state.update(previous.state)
         _logger.info("cell %s: resuming after epoch %d", _cell_name(config), _done(state))
+        if config.test_weights == "best" and state["best"] is not None:
+            _complete_best_weights(out, model, state)
 
     # Writes and the reports that follow them overlap the next epoch; both wait at the end.
     with CheckpointWriter() as writer, _Reports(on_saved) as reports:
@@ -321,13 +329,16 @@ def _run_epochs(
         row.update(validation_metrics(val.labels, _predict(model, val, config)))
         if not math.isfinite(loss):
             state["diverged"], state["diverged_epoch"] = True, epoch
-        if _better(row, state["best"]):
+        improved = _better(row, state["best"])
+        if improved:
             state["best"] = {k: row[k] for k in ("epoch", "val_loss", "val_accuracy")}
-            if config.test_weights == "best":
-                writer.save(out / BEST_WEIGHTS_FILE, model, {}, include_optimizer=False)
         row["seconds"] = time.perf_counter() - epoch_started
         state["history"].append(row)
         written = writer.save(out / CHECKPOINT_FILE, model, state)
+        if improved and config.test_weights == "best":
+            # After the checkpoint, which then names this epoch as the best: a crash between
+            # the two leaves the best weights the checkpoint's own (_complete_best_weights).
+            writer.save(out / BEST_WEIGHTS_FILE, model, {"epoch": epoch}, include_optimizer=False)
         logs = {**row, "diverged": state["diverged"]}
         reports.after(written, epoch, logs)
         _logger.info(
@@ -464,16 +475,40 @@ def _test(
     epoch = state["history"][-1]["epoch"]
     if config.test_weights == "best":
         best = load_checkpoint(Path(config.out_dir) / BEST_WEIGHTS_FILE)
-        if best is None:
+        epoch = state["best"]["epoch"]
+        if best is None or best.state.get("epoch", epoch) != epoch:
             raise InputError(
-                f"test_weights best: {config.out_dir}/{BEST_WEIGHTS_FILE} is missing or damaged; "
-                "rerun the cell without --resume or use --test-weights last"
+                f"test_weights best: {config.out_dir}/{BEST_WEIGHTS_FILE} is missing, damaged or "
+                f"not of the best epoch {epoch}; rerun the cell without --resume or use "
+                "--test-weights last"
             )
         best.restore(model)
-        epoch = state["best"]["epoch"]
     logits = _predict(model, part, config)
     metrics = binary_metrics(part.labels, sigmoid(logits), scores=logits).to_dict()
     return {"weights": config.test_weights, "epoch": epoch, **metrics, "logits": logits}
+
+
+def _best_epoch_saved(out: Path) -> int | None:
+    """The epoch ``best.npz`` holds; None without one, or for one written before it said."""
+    best = load_checkpoint(out / BEST_WEIGHTS_FILE)
+    return None if best is None else best.state.get("epoch", -1)
+
+
+def _complete_best_weights(out: Path, model: keras.Model, state: dict[str, Any]) -> None:
+    """On resume, make ``best.npz`` hold the best epoch the checkpoint names.
+
+    It is written just after that epoch's checkpoint, so a crash between the two leaves it
+    behind, and then the best epoch is the checkpoint's last: the weights just restored.
+    """
+    saved, best = _best_epoch_saved(out), state["best"]["epoch"]
+    if saved in (best, -1):  # -1: a file of an older trainer, written in the old order
+        return
+    if best != _done(state):
+        raise InputError(
+            f"test_weights best: {out}/{BEST_WEIGHTS_FILE} holds epoch {saved}, not the best "
+            f"epoch {best}; rerun the cell without --resume or use --test-weights last"
+        )
+    save_checkpoint(out / BEST_WEIGHTS_FILE, model, {"epoch": best}, include_optimizer=False)
 
 
 def _better(row: dict[str, Any], best: dict[str, Any] | None) -> bool:

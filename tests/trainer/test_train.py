@@ -303,6 +303,28 @@ def test_best_weights_are_tested_when_asked(data: DataConfig, tmp_path: Path) ->
     assert result.test["epoch"] == result.best["epoch"]
     best = load_checkpoint(tmp_path / "best.npz")
     assert best is not None and best.optimizer_variables == ()
+    assert best.state == {"epoch": result.best["epoch"]}
+
+
+def test_resume_completes_best_weights_a_crash_left_behind(tmp_path: Path) -> None:
+    """best.npz follows its epoch's checkpoint; a crash between the two leaves it behind, and
+    the best epoch is then the checkpoint's last, whose weights the resume has just restored."""
+    from trainer import build_model
+    from trainer._train import _complete_best_weights
+
+    model = build_model("small_cnn", 32, "none", optimizer="adam", learning_rate=1e-3)
+    state: dict[str, Any] = {"history": [{"epoch": 1}, {"epoch": 2}], "best": {"epoch": 2}}
+    _complete_best_weights(tmp_path, model, state)  # the crash came before best.npz
+    best = load_checkpoint(tmp_path / "best.npz")
+    assert best is not None and best.state == {"epoch": 2}
+    for saved, variable in zip(best.model_variables, model.variables, strict=True):
+        np.testing.assert_array_equal(saved, keras.ops.convert_to_numpy(variable))
+    written = (tmp_path / "best.npz").stat().st_mtime_ns
+    _complete_best_weights(tmp_path, model, state)  # in step: left alone
+    assert (tmp_path / "best.npz").stat().st_mtime_ns == written
+    state["best"] = {"epoch": 1}  # best.npz of another epoch than an earlier best: refused
+    with pytest.raises(InputError, match="holds epoch 2, not the best epoch 1; rerun the cell"):
+        _complete_best_weights(tmp_path, model, state)
 
 
 @pytest.fixture(scope="module")
