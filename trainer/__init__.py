@@ -5,7 +5,14 @@ from trainer._cache import PREPROCESS_VERSION, default_cache_dir
 from trainer._check import DataReport, PartCounts, check_dataset
 from trainer._checkpoint import Checkpoint, CheckpointWriter, load_checkpoint, save_checkpoint
 from trainer._config import TEST_WEIGHTS, CellConfig, TrainConfig, train_keys
-from trainer._dataset import DataConfig, Dataset, Part, load_dataset, parse_ratios
+from trainer._dataset import (
+    DataConfig,
+    Dataset,
+    Part,
+    check_layout,
+    load_dataset,
+    parse_ratios,
+)
 from trainer._environment import environment_record
 from trainer._errors import ConfigError, InputError
 from trainer._lr_find import LR_FIND_FILE, LrFindResult, LrFindRow, find_learning_rate
@@ -65,6 +72,7 @@ __all__ = [
     "build_base",
     "build_model",
     "check_dataset",
+    "check_layout",
     "default_cache_dir",
     "environment_record",
     "find_learning_rate",

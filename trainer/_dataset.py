@@ -175,6 +175,14 @@ def load_dataset(config: DataConfig, image_size: int, *, workers: int | None = N
     )
 
 
+def check_layout(config: DataConfig) -> None:
+    """List and split the folder as ``load_dataset`` will, decoding no image: a folder of
+    another layout, a missing class or a split that cannot be drawn raises ``InputError`` in
+    a fraction of a second, before a study spends a cell on it."""
+    records = with_patient_key(scan(config.folder()).records, config.patient_key)
+    choose_parts(records, config, bad_rows=set())
+
+
 def choose_parts(
     records: tuple[ImageRecord, ...], config: DataConfig, bad_rows: set[int]
 ) -> dict[str, list[int]]:

@@ -65,6 +65,14 @@ def storage_url(flag: str | None, spec_value: str | None = None) -> str:
     return url
 
 
+def slots_flag() -> str:
+    """The workers' flag of a hint that works here: ``--gpus all`` where the launcher finds a GPU
+    (in an inherited ``CUDA_VISIBLE_DEVICES``, else on the machine), else one CPU worker."""
+    from study.launch import plan_slots
+
+    return "--gpus all" if plan_slots()[0].gpu is not None else "--workers 1"
+
+
 def flag_error(error: ConfigError, flags: dict[str, str] | None = None) -> InputError:
     """A trainer config error worded with the flag that set the value (``--image-size``)."""
     name = (flags or {}).get(error.key, f"--{error.key.replace('_', '-')}")

@@ -7,14 +7,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from study.cli._common import (
-    STORAGE_ENV,
-    add_storage_option,
-    data_folder,
-    quiet_optuna,
-    storage_url,
-)
-from trainer import InputError
+from study.cli._common import add_storage_option, data_folder, quiet_optuna, storage_url
+from study.cli._lifecycle import launch_line
+from trainer import InputError, check_layout
 
 if TYPE_CHECKING:
     import optuna
@@ -107,12 +102,7 @@ def _create(args: argparse.Namespace) -> int:
             f"study {spec.study.name!r} already exists in {where} with the same protocol "
             f"({done} of {len(states)} cells complete); nothing to do"
         )
-    # A masked URL fails when pasted and the password must not be shown: then name the variable.
-    if where == spec.study.storage:
-        launch = f"lrstudy launch --storage '{where}'"
-    else:
-        launch = f"{STORAGE_ENV}=<your URL> lrstudy launch"
-    print(f"start workers: {launch} --study {spec.study.name} --gpus all")
+    print(f"start workers: {launch_line(spec.study.name, spec.study.storage)}")
     return 0
 
 
@@ -137,6 +127,7 @@ def spec_of(args: argparse.Namespace) -> StudySpec:
             f"--data (data.root) {spec.data.root!r} is not a folder; "
             "pass the folder that holds the chest X-ray images."
         )
+    check_layout(spec.data)
     check_cells(spec)
     return spec
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import shlex
 from typing import TYPE_CHECKING, Any
 
-from study.cli._common import STORAGE_ENV, quiet_optuna, storage_url, study_options
+from study.cli._common import STORAGE_ENV, quiet_optuna, slots_flag, storage_url, study_options
 from trainer import InputError
 
 if TYPE_CHECKING:
@@ -61,6 +62,12 @@ def command_line(command: str, study_name: str, url: str | None, extra: str = ""
     return f"{STORAGE_ENV}=<your URL> lrstudy {command} {tail}"
 
 
+def launch_line(study_name: str, url: str | None) -> str:
+    """The ``lrstudy launch`` line that starts workers on this machine: ``--gpus all`` would be
+    refused on a machine without GPUs."""
+    return command_line("launch", study_name, url, slots_flag())
+
+
 def shown_url(study: optuna.Study) -> str | None:
     """The study's storage URL as lrstudy shows it (password masked), if it has one."""
     from storage import rdb_backend
@@ -94,8 +101,9 @@ def _retry(args: argparse.Namespace) -> int:
         f"queued {len(retried.queued)} cell(s) of study {study.study_name!r} again, each with "
         f"a fresh budget of {retry_budget(study)} retries: {keys}"
     )
-    launch = command_line("launch", study.study_name, url, "--gpus all")
-    print(f"finish them: {launch} (or run the same `lrstudy run` again)")
+    print(
+        f"finish them: {launch_line(study.study_name, url)} (or run the same `lrstudy run` again)"
+    )
     return 0
 
 
@@ -141,6 +149,10 @@ def _extend(args: argparse.Namespace) -> int:
     )
     total = math.prod(len(values) for values in after.values())
     print(f"study {study.study_name!r}: {gains}: {len(added)} new cells, {total} in all")
-    launch = command_line("launch", study.study_name, url, "--gpus all")
-    print(f"train them: {launch} (or `lrstudy run` with the same --set)")
+    # `run` must be given the grown grid too, or it finds another protocol than the stored one.
+    sets = " ".join(f"--set {shlex.quote(text)}" for text in args.overrides)
+    print(
+        f"train them: {launch_line(study.study_name, url)} (or your `lrstudy run` command of "
+        f"this study with {sets} added)"
+    )
     return 0

@@ -16,6 +16,7 @@ from study.cli._common import (
     absolute,
     data_folder,
     quiet_optuna,
+    slots_flag,
     storage_url,
     study_options,
 )
@@ -210,7 +211,7 @@ def _launch(args: argparse.Namespace) -> int:
     if args.gpus is None and args.workers is None:
         raise InputError(
             "launch needs --gpus LIST, --gpus all or --workers N; got none of them. "
-            "Example: lrstudy launch --storage URL --study NAME --gpus all."
+            f"Example: lrstudy launch --storage URL --study {args.study} {slots_flag()}."
         )
     url = storage_url(args.storage)
     check_sqlite_local(url)
@@ -249,12 +250,8 @@ def _run(args: argparse.Namespace) -> int:
     slots = plan_slots(gpus=args.gpus, workers=args.workers, per_gpu=args.per_gpu)
     _fetch_imagenet(spec)
     study, created = create_study(spec)
-    _logger.info(
-        "%s study %r: %d cells",
-        "created" if created else "resuming",
-        spec.study.name,
-        len(spec.cells()),
-    )
+    if not created:  # a new study is logged where it is created
+        _logger.info("resuming study %r: %d cells", spec.study.name, len(spec.cells()))
     if args.preset == "quick":
         _logger.warning("%s", QUICK_NOTE)
     summary = None

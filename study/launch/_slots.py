@@ -232,7 +232,7 @@ def _chosen_gpus(gpus: str, pool: list[str], inherited: bool) -> list[str]:
             if int(gpu) >= len(pool):
                 raise InputError(
                     f"--gpus names GPU {gpu}, which does not exist; {where}. "
-                    "Use --gpus all or --workers N."
+                    + ("Use --gpus all or --workers N." if pool else "Use --workers N.")
                 )
             picked.append(pool[int(gpu)])
         elif gpu.startswith(("GPU-", "MIG-")):

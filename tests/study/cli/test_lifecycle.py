@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -71,17 +70,21 @@ def test_a_rerun_after_deleting_the_database_never_meets_the_old_checkpoints(
 
 
 def test_a_run_that_cannot_finish_says_why_and_retry_lets_the_same_run_finish(
-    tmp_path: Path, dataset_dir: Path, flags: list[str]
+    tmp_path: Path, make_dataset, flags: list[str]
 ) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    images = tmp_path / "images"  # empty: every cell fails on loading its data
-    images.mkdir()
-    run = ["run", "--storage", url, "--data", str(images), *flags, "--set", "grid.seed=[0, 1]",
-           "--set", "worker.max_retries=0", "--workers", "1"]  # fmt: skip
+    # A truncated image passes the listing before the study is made; each cell fails on it.
+    images = make_dataset(corrupt=True)
+    run = ["run", "--storage", url, "--data", str(images.root), *flags,
+           "--set", "grid.seed=[0, 1]", "--set", "worker.max_retries=0",
+           "--workers", "1"]  # fmt: skip
     failed = lrstudy(*run, timeout=300)
     assert failed.returncode == 1, failed.stderr[-3000:]
+    assert failed.stderr.count("created study 'quick'") == 1
     reason, fix = failed.stderr.strip().splitlines()[-2:]
-    assert reason.startswith("lrstudy: 8 cells failed for good: InputError: DATA ")
+    assert reason.startswith(
+        "lrstudy: 8 cells failed for good: InputError: 1 image(s) cannot be decoded: "
+    )
     assert reason.endswith(
         "(learning_rate=0.1__seed=0, learning_rate=0.1__seed=1, learning_rate=0.01__seed=0, "
         "learning_rate=0.01__seed=1, and 4 more)"
@@ -110,7 +113,8 @@ def test_a_run_that_cannot_finish_says_why_and_retry_lets_the_same_run_finish(
         f"fix the cause, then: lrstudy retry --storage '{url}' --study quick"
     )
 
-    shutil.copytree(dataset_dir, images, dirs_exist_ok=True)  # the cause, fixed
+    (corrupt,) = images.corrupt
+    (images.root / corrupt).unlink()  # the cause, fixed
     retried = lrstudy("retry", "--storage", url, "--study", "quick")
     assert retried.returncode == 0, retried.stderr
     assert "queued 8 cell(s) of study 'quick' again" in retried.stdout
@@ -251,12 +255,13 @@ def test_extend_adds_seeds_that_launch_trains_keeping_the_finished_cells(
         (line,) = refused.stderr.strip().splitlines()
         assert line.startswith("lrstudy: error: ") and expected in line
     five = "grid.seed=[0,1,2,3,4]"
-    grown = lrstudy("extend", *study, "--set", five)
+    grown = lrstudy("extend", *study, "--set", five, env={"CUDA_VISIBLE_DEVICES": ""})
     assert grown.returncode == 0, grown.stderr
-    launch = f"lrstudy launch --storage '{url}' --study quick"
+    launch = f"lrstudy launch --storage '{url}' --study quick --workers 1"
     assert grown.stdout.splitlines() == [
         "study 'quick': grid.seed gains 3, 4: 8 new cells, 20 in all",
-        f"train them: {launch} --gpus all (or `lrstudy run` with the same --set)",
+        f"train them: {launch} (or your `lrstudy run` command of this study with --set "
+        f"'{five}' added)",
     ]
     launched = lrstudy("launch", *study, "--workers", "2", timeout=600)
     assert launched.returncode == 0, launched.stderr[-3000:]

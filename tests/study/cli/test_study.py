@@ -167,19 +167,37 @@ def test_bad_values_end_in_one_line_and_exit_2(
         (["status", "--storage", "sqlite:///{tmp}/db.sqlite", "--study", "nope"], "no existing"),
         (["worker", "--study", "quick"], "--storage is missing and $LRSTUDY_STORAGE"),
         (["launch", "--storage", "sqlite:///{tmp}/x.db", "--study", "q"], "launch needs --gpus"),
-        (["create", "--storage", "mysql://me:s3cret@db/x", "--data", "{tmp}"], "mysql"),
+        (["create", "--storage", "mysql://me:s3cret@db/x", "--data", "{data}"], "mysql"),
     ],
 )
 def test_bad_commands_end_in_one_line_and_exit_2(
-    tmp_path: Path, args: list[str], expected: str
+    tmp_path: Path, dataset_dir: Path, args: list[str], expected: str
 ) -> None:
-    args = [arg.format(tmp=tmp_path) for arg in args]
+    args = [arg.format(tmp=tmp_path, data=dataset_dir) for arg in args]
     done = lrstudy(*args, env={"LRSTUDY_STORAGE": ""})
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lrstudy: error: "), done.stderr
     assert expected in lines[0]
     assert "s3cret" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("command", ["create", "run"])
+def test_a_folder_of_another_layout_is_refused_before_the_study_exists(
+    tmp_path: Path, make_dataset, command: str
+) -> None:
+    db = tmp_path / "study.db"
+    wrong = make_dataset().root / "train" / "NORMAL"  # images, but not the dataset's layout
+    flat = make_dataset(layout="flat").root  # a pool, which QUICK's kaggle split cannot use
+    for data, said in (
+        (wrong, f"DATA {str(wrong)!r} holds neither train/val/test nor NORMAL/PNEUMONIA"),
+        (flat, "split 'kaggle' needs the train/val/test folders"),
+    ):
+        done = lrstudy(command, "--storage", f"sqlite:///{db}", "--data", str(data), *QUICK)
+        assert done.returncode == 2, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith(f"lrstudy: error: {said}"), line
+        assert not db.exists()
 
 
 def test_create_is_idempotent_and_refuses_another_protocol(tmp_path: Path, setup: dict) -> None:
@@ -219,8 +237,9 @@ def test_create_takes_the_storage_from_the_environment(
     tmp_path: Path, setup: dict, storage_url: str
 ) -> None:
     assert setup["flags"][:2] == ["--storage", setup["url"]]
+    no_gpu = {"CUDA_VISIBLE_DEVICES": ""}  # the hint names the workers this machine can run
     done = lrstudy(
-        "create", *setup["flags"][2:], cwd=tmp_path, env={"LRSTUDY_STORAGE": storage_url}
+        "create", *setup["flags"][2:], cwd=tmp_path, env={"LRSTUDY_STORAGE": storage_url, **no_gpu}
     )
     assert done.returncode == 0, done.stderr
     assert len(optuna.load_study(study_name="quick", storage=storage_url).trials) == 12
@@ -228,13 +247,13 @@ def test_create_takes_the_storage_from_the_environment(
     hint = done.stdout.splitlines()[-1]
     if storage_url.startswith("sqlite"):
         assert hint == (
-            f"start workers: lrstudy launch --storage '{storage_url}' --study quick --gpus all"
+            f"start workers: lrstudy launch --storage '{storage_url}' --study quick --workers 1"
         )
     else:  # a masked URL would not work if pasted, and the password must not show
         password = storage_url.split(":")[2].split("@")[0]
         assert password not in done.stdout
         assert hint == (
-            "start workers: LRSTUDY_STORAGE=<your URL> lrstudy launch --study quick --gpus all"
+            "start workers: LRSTUDY_STORAGE=<your URL> lrstudy launch --study quick --workers 1"
         )
 
 

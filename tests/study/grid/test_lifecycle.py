@@ -249,7 +249,7 @@ def test_a_sigkilled_cell_fails_for_good_and_retry_brings_it_back_exactly_once(
            f"{HUNG_CELL}" in done.stdout  # fmt: skip
     if storage_url.startswith("postgresql"):
         assert storage_url.split(":")[2].split("@")[0] not in done.stdout + done.stderr
-        assert "LRSTUDY_STORAGE=<your URL> lrstudy launch --study lr --gpus all" in done.stdout
+        assert "LRSTUDY_STORAGE=<your URL> lrstudy launch --study lr --" in done.stdout
     again = _lrstudy("retry", "--storage", storage_url, "--study", "lr", "--cell", HUNG_CELL)
     assert again.returncode == 0 and f"cell {HUNG_CELL} is waiting already" in again.stdout
 
