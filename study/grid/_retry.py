@@ -30,7 +30,9 @@ _ALIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
 def requeue_cell(study: Study, failed: FrozenTrial, *, max_retries: int) -> bool:
     """Add a WAITING copy of the failed ``failed`` trial unless its cell is done or queued.
 
-    A failure spends one retry unless the trial was interrupted; a cell that has spent
+    A failure spends one retry unless the trial was interrupted or never started (no worker
+    recorded itself on the claim: it died right after claiming, or its claim's commit went
+    through while the reply was lost, so it claimed another cell); a cell that has spent
     ``max_retries`` stays failed (until ``lrstudy retry`` gives it a fresh budget).
 
     Returns:
@@ -38,7 +40,8 @@ def requeue_cell(study: Study, failed: FrozenTrial, *, max_retries: int) -> bool
     """
     if _attrs.GRID_ID not in failed.system_attrs or failed.state != TrialState.FAIL:
         return False
-    spent = failed.user_attrs.get(_attrs.ERROR) != INTERRUPTED
+    started = _attrs.WORKER_ID in failed.user_attrs
+    spent = started and failed.user_attrs.get(_attrs.ERROR) != INTERRUPTED
     used = retries_used(failed) + int(spent)
     if used > max_retries:
         _logger.warning(
@@ -56,7 +59,7 @@ def requeue_cell(study: Study, failed: FrozenTrial, *, max_retries: int) -> bool
         number,
         used,
         max_retries,
-        "" if spent else ", interrupted: not counted",
+        "" if spent else f", {'interrupted' if started else 'never started'}: not counted",
     )
     return True
 
