@@ -12,12 +12,13 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import platformdirs
 from filelock import FileLock, Timeout
 
-from trainer._atomic import write_atomic
+from trainer._atomic import remove_leftovers, temporary_path, write_atomic
 from trainer._decode import DECODE_ERRORS, describe_error, load_image, parallel_map
 from trainer._errors import InputError
 from trainer._scan import ImageRecord
@@ -179,7 +180,8 @@ def _build(
     workers: int | None,
 ) -> dict:
     _logger.info("image cache: building %s from %d images at %d px", npy, len(paths), image_size)
-    temporary = f"{npy}.{os.getpid()}.tmp"
+    remove_leftovers(Path(npy))  # of a build killed before; we hold the build lock
+    temporary = str(temporary_path(Path(npy)))
     try:
         np.lib.format.open_memmap(
             temporary, mode="w+", dtype=np.uint8, shape=(len(paths), image_size, image_size, 3)

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from trainer._atomic import remove_leftovers, temporary_path
+
 if TYPE_CHECKING:
     import keras
 
@@ -151,9 +153,10 @@ def _owned_copy(variable: keras.Variable) -> np.ndarray:
 
 def _write(target: Path, entries: dict[str, np.ndarray]) -> None:
     entries = {**entries, "checksum": np.frombuffer(_digest(entries).encode(), dtype=np.uint8)}
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary = temporary_path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(target)
         try:
             with open(temporary, "wb") as file:
                 # mypy matches **entries against savez's allow_pickle: bool; no key is that.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -149,6 +150,22 @@ def test_the_fingerprint_is_the_data_seen_not_its_folder_or_mtimes(
     (copy / shown).write_bytes((copy / other).read_bytes())
     edited = load_dataset(dataclasses.replace(config, root=str(copy)), SIZE)
     assert edited.fingerprint != dataset.fingerprint  # another file (size) in the test part
+
+
+def test_a_build_removes_the_array_a_killed_build_left(make_dataset, cache_dir) -> None:
+    written = make_dataset()
+    scanned = scan(str(written.root))
+    npy = cache_files(cache_dir, cache_key(scanned.records, SIZE), SIZE)[0]
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    os.makedirs(cache_dir)
+    leftover = os.path.join(
+        cache_dir, f".{os.path.basename(npy)}.{socket.gethostname()}.{killed.pid}.tmp"
+    )
+    with open(leftover, "wb") as file:
+        file.write(b"\0" * 4096)  # at 224 px the real one is 880 MB
+    assert _open(written.root, cache_dir).built
+    assert not os.path.exists(leftover)
 
 
 def test_three_processes_preparing_together_build_once(make_dataset, cache_dir, tmp_path) -> None:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -119,6 +123,31 @@ def test_a_failed_write_leaves_the_previous_checkpoint_and_no_temporary(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz"]
     checkpoint = load_checkpoint(path)
     assert checkpoint is not None and checkpoint.state == {"epoch": 1}
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_save_removes_what_killed_writers_on_this_machine_left(
+    tmp_path: Path, trained: keras.Model
+) -> None:
+    """A SIGKILL skips every cleanup: the next save of the same file deletes the temporary
+    files of dead writers on this machine, and leaves a live writer's and another machine's."""
+    host = socket.gethostname()
+    path = tmp_path / "checkpoint.npz"
+    dead = tmp_path / f".checkpoint.npz.{host}.{_dead_pid()}.tmp"
+    live = tmp_path / f".checkpoint.npz.{host}.{os.getppid()}.tmp"
+    elsewhere = tmp_path / f".checkpoint.npz.other-node.{_dead_pid()}.tmp"
+    for leftover in (dead, live, elsewhere):
+        leftover.write_bytes(b"half a checkpoint")
+    save_checkpoint(path, trained, {"epoch": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["checkpoint.npz", live.name, elsewhere.name]
+    )
 
 
 def test_restore_into_another_architecture_is_refused(
