@@ -104,7 +104,8 @@ class LrFindResult:
         return curve[WARMUP_POINTS + steepest].learning_rate
 
     def suggested_grid(self) -> tuple[float, ...]:
-        """Four rates, highest first, half a decade apart around the steepest descent.
+        """Four rates, highest first, half a decade apart around the steepest descent (closer
+        where the range below the loss minimum is shorter than that).
 
         Each has one significant digit and lies in [``min_lr``, loss minimum): below the rate
         of the lowest loss, hence below the divergence point too. Where that range is short the
