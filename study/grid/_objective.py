@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import traceback
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from storage import call_reconnecting
@@ -106,7 +108,8 @@ class CellObjective:
                 what=f"recording epoch {epoch} of trial {trial.number}",
             )
 
-        result = train_cell(config, on_saved=on_saved, resume=True)
+        with _trial_in_trainer_lines(trial.number):
+            result = train_cell(config, on_saved=on_saved, resume=True)
         call_reconnecting(
             lambda: _attrs.record_result(
                 trial, result.to_dict(), reported=reported, reduce=study.reduce
@@ -130,3 +133,25 @@ class CellObjective:
             ", diverged" if result.diverged else "",
         )
         return float(value)
+
+
+@contextlib.contextmanager
+def _trial_in_trainer_lines(number: int) -> Iterator[None]:
+    """Prefix the trainer's log lines with the trial: the trainer knows cells, not trials, and
+    each epoch line should say which worker (the launcher's prefix), trial, cell and epoch."""
+    prefix = f"trial {number}: "
+
+    def tag(record: logging.LogRecord) -> bool:
+        # Once per record, however many handlers it passes.
+        if record.name.partition(".")[0] == "trainer" and not str(record.msg).startswith(prefix):
+            record.msg = prefix + str(record.msg)
+        return True
+
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(tag)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(tag)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -346,6 +347,11 @@ def test_run_on_postgresql_finishes_the_grid_exactly_once(
                    timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert_exactly_once(postgres_storage_url)
+    # Each epoch line names its worker (the launcher's prefix), trial, cell and epoch.
+    line = re.compile(r"^\[(w\d) cpu\] .* INFO trial (\d+): cell .* epoch 1/1: loss ", re.M)
+    epochs = line.findall(done.stderr)
+    assert {worker for worker, _ in epochs} == {"w1", "w2"}
+    assert sorted(int(trial) for _, trial in epochs) == list(range(12))
     password = postgres_storage_url.split(":")[2].split("@")[0]
     assert password not in done.stdout + done.stderr
     study = optuna.load_study(study_name="quick", storage=postgres_storage_url)
