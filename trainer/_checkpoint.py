@@ -48,16 +48,46 @@ class Checkpoint:
 
         The optimizer is built first if needed, so its slots exist before they are assigned.
         RNG states are restored too when the checkpoint has them.
+
+        Raises:
+            ValueError: The variables do not fit ``model`` (``misfit``); nothing is assigned.
         """
-        _assign(model.variables, self.model_variables, "model")
-        if self.optimizer_variables:
-            if not model.optimizer.built:
-                model.optimizer.build(model.trainable_variables)
-            _assign(model.optimizer.variables, self.optimizer_variables, "optimizer")
+        problem = self.misfit(model)
+        if problem is not None:
+            raise ValueError(f"checkpoint {problem}")
+        for variable, value in zip(model.variables, self.model_variables, strict=True):
+            variable.assign(value)
+        if self.optimizer_variables:  # built by misfit
+            for variable, value in zip(
+                model.optimizer.variables, self.optimizer_variables, strict=True
+            ):
+                variable.assign(value)
         if self.python_rng is not None:
             random.setstate(self.python_rng)
         if self.numpy_rng is not None:
             np.random.set_state(self.numpy_rng)
+
+    def misfit(self, model: keras.Model) -> str | None:
+        """Why these variables do not fit ``model`` (their number or a shape), or None.
+
+        Checked before any is assigned, so a checkpoint of another architecture (say, of
+        another Keras release's variable order) is set aside whole, not half restored.
+        """
+        groups = [("model", list(model.variables), self.model_variables)]
+        if self.optimizer_variables:
+            if not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            groups.append(("optimizer", list(model.optimizer.variables), self.optimizer_variables))
+        for what, variables, values in groups:
+            if len(variables) != len(values):
+                return f"holds {len(values)} {what} variables but the model has {len(variables)}"
+            for variable, value in zip(variables, values, strict=True):
+                if tuple(variable.shape) != value.shape:
+                    return (
+                        f"{what} variable {variable.path} has shape {value.shape}, expected "
+                        f"{tuple(variable.shape)}"
+                    )
+        return None
 
 
 def save_checkpoint(
@@ -233,20 +263,6 @@ def _digest(entries: dict[str, np.ndarray]) -> str:
         sha.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
         sha.update(array.tobytes())
     return sha.hexdigest()
-
-
-def _assign(variables: list[Any], values: tuple[np.ndarray, ...], what: str) -> None:
-    if len(variables) != len(values):
-        raise ValueError(
-            f"checkpoint holds {len(values)} {what} variables but the model has {len(variables)}"
-        )
-    for variable, value in zip(variables, values, strict=True):
-        if tuple(variable.shape) != value.shape:
-            raise ValueError(
-                f"checkpoint {what} variable {variable.path} has shape {value.shape}, "
-                f"expected {tuple(variable.shape)}"
-            )
-        variable.assign(value)
 
 
 def _sync_directory(directory: Path) -> None:

@@ -241,6 +241,10 @@ def train_cell(
 
     cell = set_up_cell(config, check_checkpoint)
     model, dataset = cell.model, cell.dataset
+    misfit = None if previous is None else previous.misfit(model)
+    if misfit is not None:  # of this cell's key, yet not of this model: say, another Keras's
+        set_aside(checkpoint_path, f"not of this model ({misfit})")
+        previous = None
     state: dict[str, Any] = {
         "resume_key": config.resume_key(),
         "fingerprint": dataset.fingerprint,

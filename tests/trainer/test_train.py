@@ -240,6 +240,25 @@ def test_an_existing_checkpoint_needs_resume_and_one_of_another_cell_is_set_asid
     assert "is of another cell (differs in learning_rate)" in caplog.text
 
 
+def test_a_checkpoint_of_this_cell_that_does_not_fit_the_model_is_set_aside(
+    straight: CellResult, data: DataConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Same cell, other variables (another Keras release may order or shape them otherwise):
+    set aside whole before anything is assigned, and the cell trains afresh, as if new."""
+    out = tmp_path / "cell"
+    shutil.copytree(straight.config.out_dir, out)
+    kept = load_checkpoint(out / "checkpoint.npz")
+    assert kept is not None
+    other = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Dense(1)])
+    other.compile(optimizer="adam", loss="mse")
+    save_checkpoint(out / "checkpoint.npz", other, kept.state)
+    again = train_cell(_config(data, out), resume=True)
+    assert _outcome(again) == _outcome(straight)
+    (aside,) = tmp_path.glob("cell.set-aside-*/checkpoint.npz")
+    assert load_checkpoint(aside) is not None  # kept, whole
+    assert "is not of this model (holds 2 model variables but the model has " in caplog.text
+
+
 def test_the_hook_sees_every_epoch_and_can_stop_the_cell(data: DataConfig, tmp_path: Path) -> None:
     calls: list[tuple[int, dict[str, Any]]] = []
 
