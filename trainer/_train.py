@@ -217,7 +217,9 @@ def train_cell(
             epoch order, on a thread of its own, while the next epoch trains: a report made
             there (the study's) never claims an epoch a crash could still lose, and the
             checkpoint write (a second or so for Inception V3) stays off the training path.
-            Its errors are raised from the epoch after, or at the end. Defaults to `None`.
+            Its errors are raised from the epoch after, or at the end. A resumed cell first
+            reports each epoch its checkpoint holds, so the caller sees the whole history.
+            Defaults to `None`.
         resume: Continue from the checkpoint in ``out_dir`` if one is there (``epochs`` may
             grow); one of another cell is set aside and the cell starts afresh. Without it an
             existing checkpoint is an error.
@@ -262,6 +264,9 @@ def train_cell(
 
     # Writes and the reports that follow them overlap the next epoch; both wait at the end.
     with CheckpointWriter() as writer, _Reports(on_saved) as reports:
+        for row in state["history"]:  # a resumed cell's epochs: on disk, told to this caller
+            diverged = row["epoch"] == state["diverged_epoch"]
+            reports.after(_ON_DISK, row["epoch"], {**row, "diverged": diverged})
         _run_epochs(
             model, cell.train_feed, dataset.val, config, state, writer, hook, reports, verbose
         )
@@ -353,6 +358,10 @@ def _run_epochs(
         if hook is not None and hook(epoch, logs):
             _logger.info("cell %s: stopped by the hook after epoch %d", _cell_name(config), epoch)
             return
+
+
+_ON_DISK: Future[None] = Future()
+_ON_DISK.set_result(None)
 
 
 class _Reports:

@@ -194,8 +194,15 @@ def test_a_finished_cell_extended_by_resume_equals_a_longer_straight_run(
     straight: CellResult, data: DataConfig, tmp_path: Path
 ) -> None:
     train_cell(_config(data, tmp_path, epochs=1))
-    extended = train_cell(_config(data, tmp_path, epochs=2), resume=True)
+    told: list[tuple[int, float]] = []
+    extended = train_cell(
+        _config(data, tmp_path, epochs=2),
+        on_saved=lambda epoch, logs: told.append((epoch, logs["val_loss"])),
+        resume=True,
+    )
     assert _outcome(extended) == _outcome(straight)
+    # The epoch the checkpoint held is told again first: the study's trial gets every epoch.
+    assert told == [(row["epoch"], row["val_loss"]) for row in straight.history]
 
 
 def test_a_cell_resumes_on_a_copy_of_its_dataset_elsewhere_with_new_mtimes(
