@@ -109,6 +109,9 @@ ROWS = [
     Row("status --storage {db} --study nope", r"study 'nope' not found in sqlite:///"),
     Row("export --storage {db} --study nope", r"study 'nope' not found in sqlite:///"),
     Row("create {quick} --set 'grid.seed=[0]'", r"another protocol: grid.seed \(stor"),
+    # an axis is set whole, and a fix is said once
+    Row("create {quick} --set 'grid.learning_rate=[-0.1]'", r"--set 'grid\.learning_rate=\[VAL"),
+    Row("create {quick} --set 'grid.seed=[]'", r"\[\]\. Fix: for example seed = \[0, 1, 2\]\.$"),
     # a worker sets its deterministic kernels once: a grid cannot vary them
     Row("create {quick} --set 'grid.deterministic=[true,false]'", r"unknown key grid.determin"),
     # workers, dashboard, export, output folders

@@ -284,8 +284,11 @@ _AXIS_CHECKS: dict[str, _checks.Check] = {
 
 
 def _fail(source: str, key: str, error: ConfigError) -> InputError:
-    fix = error.fix or f"set it in the spec or with --set {key}=VALUE"
-    return InputError(f"{source}: {error.worded(key)}. Fix: {fix}.")
+    axis, indexed, _ = key.partition("[")  # grid.learning_rate[0]: the axis is set whole
+    where = f"'{axis}=[VALUE, ...]'" if indexed else f"{key}=VALUE"
+    fix = error.fix or f"set it in the spec or with --set {where}"
+    got = short(error.value)
+    return InputError(f"{source}: {key} must be {error.rule}; got {got}. Fix: {fix}.")
 
 
 def _check_keys(raw: Mapping[str, Any], source: str) -> None:
