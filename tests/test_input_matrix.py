@@ -118,6 +118,7 @@ ROWS = [
     Row("launch --storage {db} --study quick --gpus 99", r"--gpus names GPU 99, which does not "),
     Row("launch --storage {db} --study quick --gpus 0 --per-gpu 0", r"--per-gpu must be an int"),
     Row("run {quick} --workers 1 --per-gpu 0", r"--per-gpu must be an integer >= 1; got 0"),
+    Row("launch --storage {db} --study quick --workers 1 --per-gpu 2", r"drop --per-gpu, or use"),
     Row("dashboard --storage {db} --port {busy_port}", r"--port {busy_port} is already in", SUB),
     Row("export --storage {db} --study quick --format xml", r"argument --format: invalid choice"),
     Row("export --storage {db} --study quick --out /proc", r"--out '/proc' cannot be writ", SUB),

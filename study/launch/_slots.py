@@ -173,6 +173,11 @@ def plan_slots(
     if workers is not None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise InputError(f"--workers must be an integer >= 1; got {workers!r}.")
+        if per_gpu > 1:
+            raise InputError(
+                f"--per-gpu {per_gpu} shares GPUs, and --workers {workers} starts CPU workers; "
+                "drop --per-gpu, or use --gpus with it."
+            )
         return [Slot(index) for index in range(1, workers + 1)]
     inherited = gpu_pool(environ)
     pool = inherited if inherited is not None else available()
