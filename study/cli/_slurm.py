@@ -115,14 +115,14 @@ def handle_slurm(args: argparse.Namespace) -> int:
     plan = _plan(args, log_dir=str(folder), launch_args=launch_args)
     stamp = datetime.datetime.now().astimezone()
     script = render_script(plan, written=f"on {stamp:%Y-%m-%d %H:%M:%S %z}")
-    if args.dry_run:
-        print(script, end="")
-        return 0
-    if sqlite_path(url) is not None:
+    if sqlite_path(url) is not None:  # said before the dry run's script too
         _logger.warning(
             "the study is in SQLite: every task must run on this machine and see that file; "
             "a cluster needs PostgreSQL (--storage postgresql://USER@HOST:5432/DBNAME)"
         )
+    if args.dry_run:
+        print(script, end="")
+        return 0
     path = _save(folder, script, stamp)
     job = submit(path, {**os.environ, STORAGE_ENV: url})
     print(f"submitted job {job}: {plan.array} array task(s) for study {args.study!r}")

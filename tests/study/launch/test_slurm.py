@@ -226,7 +226,7 @@ def test_time_formats() -> None:
 
 
 def test_dry_run_prints_the_script_without_the_url_and_submits_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     url = create_study(tmp_path)
     folder = slurm_folder(tmp_path, url)
@@ -254,6 +254,7 @@ def test_dry_run_prints_the_script_without_the_url_and_submits_nothing(
     assert subprocess.run(["bash", "-n"], input=script, text=True, check=False).returncode == 0
     assert folder.name == "slurm" and folder.parent.name.startswith("quick-")
     assert not folder.exists()  # nothing saved
+    assert "the study is in SQLite: every task must run on this machine" in caplog.text
 
     code, script, err = lrstudy([*argv, "--gpus-per-task", "2", "--per-gpu", "2"], capsys)
     assert code == 0, err
