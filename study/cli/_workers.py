@@ -150,7 +150,11 @@ def _worker(args: argparse.Namespace) -> int:
         spec_from_study,
     )
 
-    spec = spec_from_study(load_grid_study(open_storage(url, existing=True), args.study), url)
+    reader = open_storage(url, existing=True)
+    try:
+        spec = spec_from_study(load_grid_study(reader, args.study), url)
+    finally:
+        reader.engine.dispose()  # the worker opens its own, with heartbeats, below
     spec = spec.with_locations(
         data_root=absolute(data_folder(args.data)),
         cache_dir=absolute(args.cache_dir),
