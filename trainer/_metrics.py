@@ -157,8 +157,22 @@ def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.nda
     negatives = y.size - positives
     if positives == 0 or negatives == 0:
         return math.nan
-    ranks = stats.rankdata(np.where(np.isnan(s), -np.inf, s))
+    ranks = stats.rankdata(rank_keys(s))
     return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def rank_keys(scores: np.ndarray) -> np.ndarray:
+    """Stand-ins for ``scores`` in the same order and ties, with NaN strictly lowest.
+
+    Dense ranks of the present scores, NaN as 0: -inf cannot stand for NaN, since a logit can
+    be -inf itself (a network certain of NORMAL), which must rank above a diverged NaN.
+    """
+    from scipy import stats
+
+    keys = np.zeros(np.shape(scores))
+    present = ~np.isnan(scores)
+    keys[present] = stats.rankdata(scores[present], method="dense")
+    return keys
 
 
 def sigmoid(logits: Sequence[float] | np.ndarray) -> np.ndarray:

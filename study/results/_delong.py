@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from trainer._metrics import rank_keys
+
 CONFIDENCE = 0.95
 
 
@@ -89,7 +91,7 @@ def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.nda
     negatives = y.size - positives
     if positives == 0 or negatives == 0:
         return math.nan
-    ranks = stats.rankdata(_ranking(s))
+    ranks = stats.rankdata(rank_keys(s))
     return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
@@ -146,11 +148,6 @@ def auc_interval(
     return AucInterval(auc, variance, max(0.0, auc - half), min(1.0, auc + half))
 
 
-def _ranking(scores: np.ndarray) -> np.ndarray:
-    """Scores with NaN replaced by -inf, so that NaN ranks lowest and ties with NaN."""
-    return np.where(np.isnan(scores), -np.inf, scores)
-
-
 def _components(
     y: np.ndarray, scores: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -169,7 +166,7 @@ def _components(
     n = y.size - m
     if m == 0 or n == 0:
         return None
-    ranked = _ranking(scores)
+    ranked = rank_keys(scores)
     positives, negatives = ranked[:, y], ranked[:, ~y]
     t_z = stats.rankdata(np.concatenate([positives, negatives], axis=1), axis=1)
     t_x = stats.rankdata(positives, axis=1)

@@ -154,6 +154,13 @@ def test_roc_auc_ranks_the_logits_where_probabilities_round_to_1() -> None:
     }
 
 
+def test_a_nan_ranks_below_a_logit_of_minus_infinity() -> None:
+    """-inf is a network certain of NORMAL, NaN a diverged one: they must not tie."""
+    labels, logits = np.array([0, 1, 0, 1]), np.array([np.nan, -np.inf, np.nan, 3.0])
+    assert point_metrics(labels, sigmoid(logits), logits)["roc_auc"] == 1.0
+    assert point_metrics([0, 1], [np.nan, np.nan])["roc_auc"] == 0.5  # NaN ties with NaN
+
+
 def test_an_infinite_logit_on_its_own_side_costs_nothing() -> None:
     """An overflowed logit is a certainty: right costs 0, wrong costs infinity, never NaN."""
     assert logit_loss([1, 0], [np.inf, -np.inf]) == 0.0
