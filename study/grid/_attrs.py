@@ -161,19 +161,14 @@ def record_history(trial: optuna.Trial, history: Mapping[str, list[Any]]) -> Non
     trial.set_user_attr(HISTORY, dict(history))
 
 
-def record_result(
-    trial: optuna.Trial, result: Mapping[str, Any], *, reported: set[int], reduce: str
-) -> None:
+def record_result(trial: optuna.Trial, result: Mapping[str, Any], *, reduce: str) -> None:
     """Store a finished cell's result (``trainer.CellResult.to_dict()``) on its running trial.
 
-    Epochs a resumed try did not see itself are reported as intermediate values now. Besides
-    the nested records, ``val_loss`` (of the epoch the objective comes from) and
-    ``test_<metric>`` are set flat, for optuna-dashboard's tables.
+    Besides the nested records, ``val_loss`` (of the epoch the objective comes from) and
+    ``test_<metric>`` are set flat, for optuna-dashboard's tables. The intermediate values
+    were reported epoch by epoch (a resumed cell reports its checkpoint's epochs first).
     """
     history = {name: [row[name] for row in result["history"]] for name in HISTORY_COLUMNS}
-    for row in result["history"]:
-        if row["epoch"] not in reported and row["val_accuracy"] is not None:
-            trial.report(row["val_accuracy"], step=row["epoch"])
     record_history(trial, history)
     for name in (*_RESULT_KEYS, *_RESULT_PATHS):
         trial.set_user_attr(name, result[name])

@@ -89,13 +89,11 @@ class CellObjective:
         _logger.info("trial %d, cell %s: training into %s", trial.number, key, config.out_dir)
 
         history: dict[str, list[Any]] = {name: [] for name in HISTORY_COLUMNS}
-        reported: set[int] = set()
 
         def report_epoch(epoch: int, val_accuracy: float) -> None:
             _attrs.record_history(trial, history)
             if math.isfinite(val_accuracy):
                 trial.report(val_accuracy, step=epoch)
-                reported.add(epoch)
 
         def on_saved(epoch: int, logs: dict[str, Any]) -> None:
             # Runs once the epoch's checkpoint is on disk, beside the next epoch's training.
@@ -111,9 +109,7 @@ class CellObjective:
         with _trial_in_trainer_lines(trial.number):
             result = train_cell(config, on_saved=on_saved, resume=True)
         call_reconnecting(
-            lambda: _attrs.record_result(
-                trial, result.to_dict(), reported=reported, reduce=study.reduce
-            ),
+            lambda: _attrs.record_result(trial, result.to_dict(), reduce=study.reduce),
             what=f"recording the result of trial {trial.number}",
         )
         upload_cell_files(trial, store, config.out_dir)

@@ -148,7 +148,7 @@ class FakeCell:
             "seconds": float(sum(history["seconds"])),
         }
         _attrs.record_cell(trial, key, EPOCHS, str(out))
-        _attrs.record_result(trial, result, reported=set(range(1, EPOCHS + 1)), reduce="last")
+        _attrs.record_result(trial, result, reduce="last")
         upload_cell_files(trial, artifact_store(folder), out)
         return final["val_accuracy"]
 
