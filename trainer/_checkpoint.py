@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import zipfile
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,22 +233,31 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:
     )
 
 
-def set_aside(path: str | os.PathLike[str], reason: str) -> Path:
-    """Move the checkpoint at ``path`` into a sibling folder of its own, and log why.
+def set_aside(paths: Sequence[str | os.PathLike[str]], reason: str) -> Path:
+    """Move those of a cell's files ``paths`` that exist into a sibling folder, and log why.
 
-    A checkpoint that must not be resumed (it is of another cell) is still someone's work:
-    it goes to ``<folder>.set-aside-<UTC time>/``, beside the folder it was in, and the cell
-    starts afresh instead of failing.
+    A checkpoint that must not be resumed (it is of another cell), and the best weights that
+    go with it, are still someone's work: they go to ``<folder>.set-aside-<UTC time>/``,
+    beside the folder they were in, and the cell starts afresh instead of failing.
+
+    Args:
+        paths: Files of one folder, the first the one ``reason`` is about.
+        reason: Why, as "is of another cell (...)".
 
     Returns:
-        Where the checkpoint is now.
+        The folder they are in now.
     """
-    source = Path(path).absolute()
+    sources = [Path(path).absolute() for path in paths if os.path.exists(path)]
+    folder = Path(paths[0]).absolute().parent
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    target = source.parent.with_name(f"{source.parent.name}.set-aside-{stamp}") / source.name
-    target.parent.mkdir(parents=True)
-    os.replace(source, target)
-    _logger.warning("checkpoint %s is %s: moved it to %s, starting afresh", source, reason, target)
+    target = folder.with_name(f"{folder.name}.set-aside-{stamp}")
+    target.mkdir(parents=True)
+    for source in sources:
+        os.replace(source, target / source.name)
+    _logger.warning(
+        "%s %s: moved %s to %s, starting afresh",
+        Path(paths[0]).absolute(), reason, " and ".join(s.name for s in sources), target,
+    )  # fmt: skip
     return target
 
 

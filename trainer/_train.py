@@ -243,10 +243,17 @@ def train_cell(
 
     cell = set_up_cell(config, check_checkpoint)
     model, dataset = cell.model, cell.dataset
+    training_files = (checkpoint_path, out / BEST_WEIGHTS_FILE)
     misfit = None if previous is None else previous.misfit(model)
     if misfit is not None:  # of this cell's key, yet not of this model: say, another Keras's
-        set_aside(checkpoint_path, f"not of this model ({misfit})")
+        set_aside(training_files, f"is not of this model ({misfit})")
         previous = None
+    lost = None if previous is None else _lost_best_weights(out, config, previous.state)
+    if lost is not None:
+        set_aside(training_files, lost)
+        previous = None
+    if previous is None and training_files[1].exists():  # never tested as this run's
+        set_aside(training_files[1:], "is left without its checkpoint")
     state: dict[str, Any] = {
         "resume_key": config.resume_key(),
         "fingerprint": dataset.fingerprint,
@@ -416,7 +423,10 @@ def _resumable(
     if previous.state.get("fingerprint") != fingerprint:
         differ.append("dataset fingerprint")
     if differ:
-        set_aside(path, f"of another cell (differs in {', '.join(differ)})")
+        set_aside(
+            (path, path.with_name(BEST_WEIGHTS_FILE)),
+            f"is of another cell (differs in {', '.join(differ)})",
+        )
         return None
     return previous
 
@@ -507,21 +517,29 @@ def _best_epoch_saved(out: Path) -> int | None:
     return None if best is None else best.state.get("epoch", -1)
 
 
-def _complete_best_weights(out: Path, model: keras.Model, state: dict[str, Any]) -> None:
-    """On resume, make ``best.npz`` hold the best epoch the checkpoint names.
+def _lost_best_weights(out: Path, config: CellConfig, state: dict[str, Any]) -> str | None:
+    """Why the checkpoint cannot be resumed without its best epoch's weights, or None.
 
-    It is written just after that epoch's checkpoint, so a crash between the two leaves it
-    behind, and then the best epoch is the checkpoint's last: the weights just restored.
+    ``best.npz`` is written just after its epoch's checkpoint: a crash between the two leaves
+    it behind only when the best epoch is the checkpoint's last, whose weights the resume
+    restores (``_complete_best_weights``). Any other mismatch lost the best weights for good.
     """
+    best = state.get("best")
+    if config.test_weights != "best" or best is None or best["epoch"] == _done(state):
+        return None
+    saved = _best_epoch_saved(out)
+    if saved in (best["epoch"], -1):  # -1: a file of an older trainer, written in the old order
+        return None
+    held = "is missing" if saved is None else f"holds epoch {saved}"
+    return f"lacks the weights of its best epoch {best['epoch']} ({BEST_WEIGHTS_FILE} {held})"
+
+
+def _complete_best_weights(out: Path, model: keras.Model, state: dict[str, Any]) -> None:
+    """On resume, make ``best.npz`` hold the checkpoint's best epoch when a crash left it
+    behind: that is then the checkpoint's last epoch, whose weights were just restored."""
     saved, best = _best_epoch_saved(out), state["best"]["epoch"]
-    if saved in (best, -1):  # -1: a file of an older trainer, written in the old order
-        return
-    if best != _done(state):
-        raise InputError(
-            f"test_weights best: {out}/{BEST_WEIGHTS_FILE} holds epoch {saved}, not the best "
-            f"epoch {best}; rerun the cell without --resume or use --test-weights last"
-        )
-    save_checkpoint(out / BEST_WEIGHTS_FILE, model, {"epoch": best}, include_optimizer=False)
+    if saved not in (best, -1):
+        save_checkpoint(out / BEST_WEIGHTS_FILE, model, {"epoch": best}, include_optimizer=False)
 
 
 def _better(row: dict[str, Any], best: dict[str, Any] | None) -> bool:

@@ -239,12 +239,15 @@ def test_an_existing_checkpoint_needs_resume_and_one_of_another_cell_is_set_asid
     shutil.copytree(straight.config.out_dir, out)
     with pytest.raises(InputError, match="--resume"):
         train_cell(_config(data, out))
+    shutil.copy(out / "checkpoint.npz", out / "best.npz")  # as a test_weights best run has
     other = train_cell(_config(data, out, learning_rate=0.1), resume=True)
     assert other.epochs_run == 2 and other.config.learning_rate == 0.1
     (aside,) = tmp_path.glob("cell.set-aside-*/checkpoint.npz")
     kept = load_checkpoint(aside)
     assert kept is not None and kept.state["resume_key"]["learning_rate"] == 0.003
     assert "is of another cell (differs in learning_rate)" in caplog.text
+    # Its best weights go with it: never tested as another cell's.
+    assert (aside.parent / "best.npz").exists() and not (out / "best.npz").exists()
 
 
 def test_a_checkpoint_of_this_cell_that_does_not_fit_the_model_is_set_aside(
@@ -332,11 +335,13 @@ def test_best_weights_are_tested_when_asked(data: DataConfig, tmp_path: Path) ->
     assert best.state == {"epoch": result.best["epoch"]}
 
 
-def test_resume_completes_best_weights_a_crash_left_behind(tmp_path: Path) -> None:
+def test_resume_completes_best_weights_a_crash_left_behind(
+    data: DataConfig, tmp_path: Path
+) -> None:
     """best.npz follows its epoch's checkpoint; a crash between the two leaves it behind, and
     the best epoch is then the checkpoint's last, whose weights the resume has just restored."""
     from trainer import build_model
-    from trainer._train import _complete_best_weights
+    from trainer._train import _complete_best_weights, _lost_best_weights
 
     model = build_model("small_cnn", 32, "none", optimizer="adam", learning_rate=1e-3)
     state: dict[str, Any] = {"history": [{"epoch": 1}, {"epoch": 2}], "best": {"epoch": 2}}
@@ -348,9 +353,16 @@ def test_resume_completes_best_weights_a_crash_left_behind(tmp_path: Path) -> No
     written = (tmp_path / "best.npz").stat().st_mtime_ns
     _complete_best_weights(tmp_path, model, state)  # in step: left alone
     assert (tmp_path / "best.npz").stat().st_mtime_ns == written
-    state["best"] = {"epoch": 1}  # best.npz of another epoch than an earlier best: refused
-    with pytest.raises(InputError, match="holds epoch 2, not the best epoch 1; rerun the cell"):
-        _complete_best_weights(tmp_path, model, state)
+    config = _config(data, tmp_path, test_weights="best")
+    assert _lost_best_weights(tmp_path, config, state) is None
+    state["best"] = {"epoch": 1}  # an earlier best epoch whose weights are gone: set aside
+    assert _lost_best_weights(tmp_path, config, state) == (
+        "lacks the weights of its best epoch 1 (best.npz holds epoch 2)"
+    )
+    (tmp_path / "best.npz").unlink()
+    assert _lost_best_weights(tmp_path, config, state) == (
+        "lacks the weights of its best epoch 1 (best.npz is missing)"
+    )
 
 
 @pytest.fixture(scope="module")
