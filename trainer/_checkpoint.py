@@ -71,8 +71,11 @@ class Checkpoint:
     def misfit(self, model: keras.Model) -> str | None:
         """Why these variables do not fit ``model`` (their number or a shape), or None.
 
-        Checked before any is assigned, so a checkpoint of another architecture (say, of
-        another Keras release's variable order) is set aside whole, not half restored.
+        Checked before any is assigned, so a checkpoint of another architecture (say, of a
+        Keras release that adds or drops a variable) is set aside whole, not half restored.
+        Variables are matched by position: same-shape variables in another order would pass,
+        and Keras's automatic layer names, which change with every model a process builds,
+        cannot tell them apart either.
         """
         groups = [("model", list(model.variables), self.model_variables)]
         if self.optimizer_variables:

@@ -245,7 +245,7 @@ def train_cell(
     model, dataset = cell.model, cell.dataset
     training_files = (checkpoint_path, out / BEST_WEIGHTS_FILE)
     misfit = None if previous is None else previous.misfit(model)
-    if misfit is not None:  # of this cell's key, yet not of this model: say, another Keras's
+    if misfit is not None:  # of this cell's key, not of this model (a Keras with other variables)
         set_aside(training_files, f"is not of this model ({misfit})")
         previous = None
     lost = None if previous is None else _lost_best_weights(out, config, previous.state)
