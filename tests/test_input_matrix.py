@@ -113,7 +113,8 @@ ROWS = [
     Row("create {quick} --set 'grid.learning_rate=[-0.1]'", r"--set 'grid\.learning_rate=\[VAL"),
     Row("create {quick} --set 'grid.seed=[]'", r"\[\]\. Fix: for example seed = \[0, 1, 2\]\.$"),
     # a worker sets its deterministic kernels once: a grid cannot vary them
-    Row("create {quick} --set 'grid.deterministic=[true,false]'", r"unknown key grid.determin"),
+    Row("create {quick} --set 'grid.deterministic=[true]'", r"ministic cannot be a grid axis"),
+    Row("create {quick} --set 'grid.backend=[\"jax\"]'", r"train.backend cannot be a grid axis"),
     # workers, dashboard, export, output folders
     Row("launch --storage {db} --study quick --gpus 99", r"--gpus names GPU 99, which does not "),
     Row("launch --storage {db} --study quick --gpus 0 --per-gpu 0", r"--per-gpu must be an int"),

@@ -305,6 +305,12 @@ def _check_keys(raw: Mapping[str, Any], source: str) -> None:
             )
         allowed = _AXIS_CHECKS if section == "grid" else _SECTION_KEYS[section]
         for key in body:
+            if section == "grid" and key in _SECTION_KEYS["train"] and key not in allowed:
+                raise InputError(
+                    f"{source}: train.{key} cannot be a grid axis: it changes only speed, or a "
+                    f"worker sets it once for every cell it runs. Fix: set train.{key} to one "
+                    "value (a study of each value, by --set study.name=NEW, compares them)."
+                )
             if key not in allowed:
                 raise InputError(
                     f"{source}: unknown key {section}.{key}; allowed keys in [{section}] are "
