@@ -145,10 +145,14 @@ def _worker(args: argparse.Namespace) -> int:
     from study.grid import (
         CellObjective,
         RetryStaleCell,
+        TrialLogTag,
         load_grid_study,
         run_worker,
         spec_from_study,
     )
+
+    for handler in logging.getLogger().handlers:  # each epoch line then names its trial
+        handler.addFilter(TrialLogTag())
 
     reader = open_storage(url, existing=True)
     try:

@@ -32,7 +32,7 @@ from study.grid._grid import (
     load_grid_study,
 )
 from study.grid._lifecycle import Retried, extend_grid, failed_for_good, retry_cells
-from study.grid._objective import CellObjective, TrialFailed
+from study.grid._objective import CellObjective, TrialFailed, TrialLogTag
 from study.grid._retry import RetryStaleCell, requeue_cell
 from study.grid._stored_spec import create_from_spec, spec_from_study
 from study.grid._worker import WorkerReport, run_worker
@@ -46,6 +46,7 @@ __all__ = [
     "Retried",
     "RetryStaleCell",
     "TrialFailed",
+    "TrialLogTag",
     "TrialRecord",
     "WorkerReport",
     "artifact_store",

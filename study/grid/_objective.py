@@ -131,23 +131,28 @@ class CellObjective:
         return float(value)
 
 
-@contextlib.contextmanager
-def _trial_in_trainer_lines(number: int) -> Iterator[None]:
-    """Prefix the trainer's log lines with the trial: the trainer knows cells, not trials, and
-    each epoch line should say which worker (the launcher's prefix), trial, cell and epoch."""
-    prefix = f"trial {number}: "
+class TrialLogTag(logging.Filter):
+    """Prefixes the trainer's log lines with the trial being trained, for a handler's filter.
 
-    def tag(record: logging.LogRecord) -> bool:
-        # Once per record, however many handlers it passes.
-        if record.name.partition(".")[0] == "trainer" and not str(record.msg).startswith(prefix):
-            record.msg = prefix + str(record.msg)
+    The trainer knows cells, not trials, yet each epoch line should say which worker (the
+    launcher's prefix), trial, cell and epoch. The CLI, which owns the handlers, installs it;
+    the objective says which trial trains (a worker trains one at a time, on any thread).
+    """
+
+    trial: int | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        prefix = f"trial {self.trial}: "
+        trainer = record.name.partition(".")[0] == "trainer"
+        if self.trial is not None and trainer and not str(record.msg).startswith(prefix):
+            record.msg = prefix + str(record.msg)  # once, however many handlers it passes
         return True
 
-    handlers = list(logging.getLogger().handlers)
-    for handler in handlers:
-        handler.addFilter(tag)
+
+@contextlib.contextmanager
+def _trial_in_trainer_lines(number: int) -> Iterator[None]:
+    TrialLogTag.trial = number
     try:
         yield
     finally:
-        for handler in handlers:
-            handler.removeFilter(tag)
+        TrialLogTag.trial = None
