@@ -324,10 +324,14 @@ def test_a_dying_worker_is_restarted_a_bounded_number_of_times(tmp_path: Path) -
 
 def test_a_worker_that_recovers_after_a_restart_ends_clean(tmp_path: Path) -> None:
     marker = tmp_path / "crashed-once"
+    # The marker is made atomically: of two workers starting together, exactly one crashes.
     code = f"""
         import os
-        if not os.path.exists({str(marker)!r}):
-            open({str(marker)!r}, "w").close()
+        try:
+            os.close(os.open({str(marker)!r}, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            pass
+        else:
             raise SystemExit(1)
     """
     summary = launch([Slot(1), Slot(2)], lambda slot: python(code), out=io.StringIO())
