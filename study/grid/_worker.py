@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import signal
 import socket
@@ -347,6 +348,14 @@ class _Inside:
         self.active = False
 
 
+_REDELIVER_S = 1.0
+
+
+def _redeliver(inside: _Inside, signum: int) -> None:
+    if inside.active:  # the objective still runs: the last raise was lost
+        os.kill(os.getpid(), signum)
+
+
 @contextmanager
 def _signals_interrupt(stop: threading.Event) -> Iterator[_Inside]:
     """On the main thread, make SIGTERM and SIGINT stop the worker (interrupting the objective)."""
@@ -356,11 +365,14 @@ def _signals_interrupt(stop: threading.Event) -> Iterator[_Inside]:
         return
 
     def handle(signum: int, _frame: FrameType | None) -> None:
-        _logger.warning("received %s: stopping", signal.Signals(signum).name)
+        if not inside.signalled:
+            _logger.warning("received %s: stopping", signal.Signals(signum).name)
         stop.set()
         inside.signalled = True
         if inside.active:
-            inside.active = False
+            # A raise that lands in a finalizer or a gc callback (JAX has one) is printed and
+            # dropped: until the objective has left, the signal comes again.
+            threading.Timer(_REDELIVER_S, _redeliver, (inside, signum)).start()
             raise _Interrupted
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}

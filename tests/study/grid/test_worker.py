@@ -260,6 +260,36 @@ def test_a_claim_failed_as_stale_before_it_starts_is_let_go(tmp_path: Path) -> N
     assert objective.count("learning_rate=0.1__seed=0") == 0
 
 
+class _Swallower:
+    """Sends SIGTERM from its finalizer and runs on there: the handler's raise then lands in
+    the finalizer, where Python prints it and drops it (as in JAX's gc callback)."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100_000):
+            pass
+
+
+def test_a_sigterm_whose_raise_a_finalizer_swallows_still_interrupts(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    create_grid_study(storage, "lr", {"learning_rate": [0.1], "seed": [0]}, max_retries=0)
+    finished: list[bool] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        _Swallower()  # dropped at once: its finalizer runs now
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        finished.append(True)
+        return 1.0
+
+    report = run_worker(load_grid_study(storage, "lr"), objective, worker_id="w", poll_s=0.1)
+    assert report.interrupted and finished == []
+    tried, queued = optuna.load_study(study_name="lr", storage=storage).get_trials()
+    assert tried.state == TrialState.FAIL and read_trial(tried).error == INTERRUPTED
+    assert queued.state == TrialState.WAITING  # back in the queue, as after any SIGTERM
+
+
 def test_stop_event_ends_the_worker_after_the_running_trial(tmp_path: Path) -> None:
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
     create_grid_study(storage, "lr", GRID)
