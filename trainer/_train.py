@@ -512,7 +512,7 @@ def _test(
 
 
 def _best_epoch_saved(out: Path) -> int | None:
-    """The epoch ``best.npz`` holds; None without one, or for one written before it said."""
+    """The epoch ``best.npz`` holds; None without one, -1 for one written before it said."""
     best = load_checkpoint(out / BEST_WEIGHTS_FILE)
     return None if best is None else best.state.get("epoch", -1)
 
