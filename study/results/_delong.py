@@ -79,22 +79,6 @@ def binary_inputs(
     return (y.astype(bool), *arrays)
 
 
-def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
-    """ROC AUC by the Mann-Whitney rank formula (ties count 1/2); NaN for one class only.
-
-    Args:
-        labels: 0 = NORMAL, 1 = PNEUMONIA.
-        scores: Higher means more likely PNEUMONIA; NaN ranks lowest.
-    """
-    y, s = binary_inputs(labels, scores)
-    positives = int(y.sum())
-    negatives = y.size - positives
-    if positives == 0 or negatives == 0:
-        return math.nan
-    ranks = stats.rankdata(rank_keys(s))
-    return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
 def delong_test(
     labels: Sequence[int] | np.ndarray,
     scores_a: Sequence[float] | np.ndarray,
