@@ -22,12 +22,13 @@ import stat
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.waiting import free_port, wait_for
+from tests.waiting import free_ports, wait_for
 
 _DAEMONS = ("munged", "slurmctld", "slurmd")
 _CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
@@ -177,13 +178,14 @@ class SlurmCluster:
         (self.folder / "gres.conf").write_text("AutoDetect=off\n" + gres)
         memory = _node_value(node, "RealMemory") or "1000"
         f = self.folder
+        controller_port, node_port = free_ports(2)
         self.conf.write_text(
             f"""\
 # Written by tests/slurm.py: a throwaway single-node cluster, no systemd, no cgroups.
 ClusterName=lrstudy-{secrets.token_hex(3)}
 SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={free_port()}
-SlurmdPort={free_port()}
+SlurmctldPort={controller_port}
+SlurmdPort={node_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -325,7 +327,7 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{reason} (CI=true: Slurm tests must not be skipped)")
         pytest.skip(reason)
-    cluster = SlurmCluster()
+    cluster = _started()
     previous = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(cluster.conf)
     try:
@@ -333,6 +335,21 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     finally:
         _restore("SLURM_CONF", previous)
         cluster.close()
+
+
+def _started(tries: int = 3) -> SlurmCluster:
+    """A running cluster; started again, in a fresh folder on fresh ports, should a start fail
+    (another process may take a probed port before the daemon binds it)."""
+    for attempt in range(tries):
+        try:
+            return SlurmCluster()
+        except RuntimeError as error:
+            if attempt == tries - 1:
+                raise
+            warnings.warn(
+                f"the Slurm cluster did not start; starting it again: {error}", stacklevel=2
+            )
+    raise AssertionError("tries must be at least 1")
 
 
 def _restore(name: str, value: str | None) -> None:

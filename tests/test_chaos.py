@@ -44,7 +44,7 @@ from study.grid import (
 )
 from study.spec import cell_key
 from tests.postgres import PostgresServer
-from tests.waiting import free_port, wait_for
+from tests.waiting import serve_on_a_free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = {"learning_rate": [0.1, 0.01, 0.001, 0.0001], "seed": [0, 1, 2]}
@@ -651,17 +651,20 @@ def _worker_command_lines() -> list[str]:
 
 
 def _dashboard_binds_loopback_only(url: str) -> bool:
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "study", "dashboard", "--storage", url, "--port", str(port)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    def start(port: int) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "study", "dashboard", "--storage", url, "--port", str(port)],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    server, port = serve_on_a_free_port(
+        start, lambda port: bool(_listening_addresses(port)), what="the dashboard to listen"
+    )
     try:
-        wait_for(lambda: _listening_addresses(port), timeout_s=60, what="the dashboard")
         return _listening_addresses(port) == {"0100007F"}  # 127.0.0.1, nothing else
     finally:
         server.terminate()
-        server.wait(10)
+        server.communicate(timeout=10)
 
 
 def test_serving_defaults_are_loopback() -> None:

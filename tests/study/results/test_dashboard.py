@@ -10,7 +10,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from study.grid import ARTIFACT_FOLDER, load_grid_study, study_folder, study_uid
 from study.results import FIGURE_ID, TEST_FIGURE_ID, attach_lr_find, refresh_views
 from tests.study.results.results_study import DIVERGED_CELL, LEARNING_RATES, STUDY, build_study
 from tests.study.results.test_lr_find_figure import _diverged
-from tests.waiting import free_port
+from tests.waiting import serve_on_a_free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -194,27 +193,24 @@ def test_a_port_in_use_is_one_line_and_exit_2(finished) -> None:
 def served(finished) -> Iterator[tuple[str, int]]:
     """``lrstudy dashboard`` for the finished study; yields its base URL and the study id."""
     url, _ = finished
-    port = free_port()
-    server = lrstudy_dashboard(url, port)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    server, port = serve_on_a_free_port(
+        lambda port: lrstudy_dashboard(url, port), _answers, what="lrstudy dashboard to answer"
+    )
     try:
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"lrstudy dashboard exited: {server.communicate()[1][-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/api/meta", timeout=5) as response:
-                    assert json.load(response)["artifact_is_available"] is True
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("lrstudy dashboard did not answer within 120 s")
-                time.sleep(0.5)
         study_id = optuna.load_study(study_name=STUDY, storage=url)._study_id
-        yield base, study_id
+        yield f"http://127.0.0.1:{port}", study_id
     finally:
         server.terminate()
         server.communicate(timeout=30)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/meta", timeout=5) as response:
+            assert json.load(response)["artifact_is_available"] is True
+    except OSError:
+        return False
+    return True
 
 
 def chromium_or_skip():
