@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from study.results._calibration import brier_score, reliability_bins
-from study.results._stats import per_epoch
+from study.results._stats import fewer_seeds_from, per_epoch
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -60,7 +60,8 @@ def epoch_series(group: Group, records: dict[int, dict[str, Any]], metric: str) 
 
     A diverged seed stopped training with non-finite weights, which go on predicting what they
     predicted then: its last value holds to the group's last epoch. So every epoch's mean
-    counts every seed, and the curves end where Tables 4 and 5 stand.
+    counts every seed (but a NaN loss, which Table 5 leaves out too), and the curves end where
+    Tables 4 and 5 stand.
     """
     series = [list((records[t].get("history") or {}).get(metric) or []) for t in group.trials]
     epochs = max(map(len, series), default=0)
@@ -85,7 +86,8 @@ def _epoch_figure(
         drawn = True
         epochs = [epoch for epoch, _, _ in points]
         means = [mean for _, _, mean in points]
-        (line,) = axes.plot(epochs, means, marker="o", markersize=3, label=group.label)
+        label = group.label + fewer_seeds_from(summaries)
+        (line,) = axes.plot(epochs, means, marker="o", markersize=3, label=label)
         band = [(e, mean - s.sd, mean + s.sd) for e, s, mean in points if s.sd is not None]
         if band:
             axes.fill_between(

@@ -173,6 +173,16 @@ def per_epoch(series: Sequence[Sequence[float | None]]) -> list[Summary]:
     return [summarize([values[i] for values in series if i < len(values)]) for i in range(epochs)]
 
 
+def fewer_seeds_from(summaries: Sequence[Summary]) -> str:
+    """A legend's note where a per-epoch mean leaves values out, e.g. " (n = 2 of 3 from epoch
+    4)", else "": a diverged seed's loss is NaN from its epoch on, and a mean that drops it
+    would otherwise seem to improve by itself."""
+    for epoch, summary in enumerate(summaries, 1):
+        if summary.undefined:
+            return f" (n = {summary.n} of {summary.n + summary.undefined} from epoch {epoch})"
+    return ""
+
+
 def paired_over_seeds(
     per_seed: Mapping[str, Mapping[Any, float | None]], metric: str
 ) -> list[PairedTest]:

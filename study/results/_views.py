@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from storage import study_lock
 from study.results._collect import Group, StudyResults, collect, format_value
 from study.results._markdown import markdown_tables, paired_tables
-from study.results._stats import per_epoch
+from study.results._stats import fewer_seeds_from, per_epoch
 
 if TYPE_CHECKING:
     import optuna
@@ -69,6 +69,7 @@ def comparison_figure(results: StudyResults) -> go.Figure:
     )
     records = {record["trial"]: record for record in results.trials}
     seen: dict[str, list[list[Any]]] = {"val_accuracy": [], "val_loss": []}
+    thinned: list[str] = []  # means that leave out a diverged seed's NaN, from some epoch on
     for index, group in enumerate(results.groups):
         color = _PALETTE[index % len(_PALETTE)]
         for column, metric in enumerate(("val_accuracy", "val_loss"), start=1):
@@ -89,10 +90,13 @@ def comparison_figure(results: StudyResults) -> go.Figure:
                     row=1,
                     col=column,
                 )
+            summaries = per_epoch(series)
+            if fewer := fewer_seeds_from(summaries):
+                thinned.append(
+                    f"{metric.removeprefix('val_')} of {_short_label(group.label)}{fewer}"
+                )
             points = [
-                (epoch, s, s.mean)
-                for epoch, s in enumerate(per_epoch(series), 1)
-                if s.mean is not None
+                (epoch, s, s.mean) for epoch, s in enumerate(summaries, 1) if s.mean is not None
             ]
             band = [(e, s.ci_low, s.ci_high) for e, s, _ in points if s.ci_low is not None]
             if band:
@@ -135,7 +139,7 @@ def comparison_figure(results: StudyResults) -> go.Figure:
         figure,
         title="Learning rates: validation curves",
         key=f"{results.complete}/{results.cells} cells · line: mean · band: 95% t-interval "
-        "over seeds · thin: each seed",
+        "over seeds · thin: each seed" + "".join(f" · {note}" for note in thinned),
     )
     return figure
 

@@ -95,6 +95,8 @@ def test_the_figure_shows_each_seed_the_mean_and_its_95_interval(finished) -> No
     # A title that fits a half-width card; the grid's state and the key on the line below.
     assert len(figure["layout"]["title"]["text"]) <= 40
     assert key_line(figure).startswith("12/12 cells") and "95% t-interval" in key_line(figure)
+    # The diverged seed's NaN loss leaves lr 0.1's mean from its epoch on: the key says so.
+    assert key_line(figure).endswith(" · loss of lr 0.1 (n = 2 of 3 from epoch 3)")
     # Recompute epoch means and Student-t 95% intervals of one rate from stock Optuna.
     trials = [
         t for t in optuna.load_study(study_name=STUDY, storage=url).trials

@@ -21,6 +21,7 @@ from study.results import (
 )
 from study.results._figures import epoch_series
 from study.results._paired import seeds_needed
+from study.results._stats import fewer_seeds_from
 
 # Kim & Ye (2022), one learning rate's validation accuracy over three seeds (Table 4).
 PAPER_SEEDS = [0.9919, 0.9181, 0.9214]
@@ -203,6 +204,13 @@ def test_a_diverged_seed_holds_its_last_value_to_the_end_of_the_epoch_curves() -
     assert last.n == 3 and last.mean == pytest.approx(statistics.fmean([0.8, 0.3, 0.9]))
     records[1]["diverged"] = False  # a short history that did not diverge is not made up
     assert epoch_series(group, records, "val_accuracy")[1] == [0.5, 0.3]
+
+
+def test_a_curve_that_leaves_out_a_nan_loss_says_from_which_epoch() -> None:
+    """Dropping a diverged seed's NaN loss would make a mean seem to improve by itself."""
+    summaries = per_epoch([[0.9, 0.8, 0.7], [1.5, math.nan, math.nan], [0.8, 0.7, 0.6]])
+    assert fewer_seeds_from(summaries) == " (n = 2 of 3 from epoch 2)"
+    assert fewer_seeds_from(per_epoch([[0.9, 0.8], [1.0, 0.9]])) == ""
 
 
 def test_a_runner_up_ahead_on_the_shared_seeds_is_not_called_behind() -> None:
