@@ -7,6 +7,7 @@ Numbers carry four decimals, as the paper's tables do; an undefined SD or interv
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,7 @@ def markdown_tables(results: StudyResults) -> list[str]:
             rows.append([*_group_cells(group, results), *seeds, *_summary_cells(summary)])
         lines += [f"## {title}", ""]
         lines += _table([*header, "mean", "SD", "95% CI", "n"], rows)
+        lines += _beyond_range(results, metric)
         ranking = results.rankings.get(metric)
         if ranking is not None and metric != "val_accuracy":
             lines += ["", ranking.sentence]
@@ -104,7 +106,9 @@ def markdown_tables(results: StudyResults) -> list[str]:
     lines += [
         "",
         "Threshold 0.5. Collapsed: seeds whose network predicted one class for every test image "
-        "(counted in every mean: its accuracy is that class's share).",
+        "(counted in every mean: its accuracy is that class's share). A ratio with nothing to "
+        "divide by (the precision of a seed that predicted no PNEUMONIA, and then its F1) "
+        "counts as 0, as scikit-learn's zero_division=0 does.",
     ]
     ranking = results.rankings.get("test_roc_auc")
     if ranking is not None:
@@ -289,6 +293,28 @@ def _trial_table(results: StudyResults) -> list[str]:
             ]
         )
     return _table(header, rows)
+
+
+# Where each table's values can lie, for the note on intervals that run past it.
+_RANGES = {"val_accuracy": (0.0, 1.0, "[0, 1]"), "val_loss": (0.0, math.inf, "0 or more")}
+
+
+def _beyond_range(results: StudyResults, metric: str) -> list[str]:
+    """A note where a Student-t interval runs past the metric's range, as few seeds allow."""
+    low, high, where = _RANGES[metric]
+    beyond = [
+        group.label
+        for group in results.groups
+        if (s := group.summaries[metric]).ci_low is not None
+        and (s.ci_low < low or (s.ci_high is not None and s.ci_high > high))
+    ]
+    if not beyond:
+        return []
+    return [
+        "",
+        f"The 95% CI of {', '.join(beyond)} runs past {where}, where the values lie: a "
+        "Student-t interval over so few seeds can; it is printed as computed.",
+    ]
 
 
 def _group_header(results: StudyResults) -> list[str]:

@@ -118,6 +118,14 @@ def test_tables_and_sentence_match_numbers_recomputed_from_stock_optuna(
             + f" | {mean:.4f} | {sd:.4f} | [{mean - half:.4f}, {mean + half:.4f}] | 3 |"
         )
         assert row in markdown
+    # lr 0.1's interval, over a diverged seed's 0, runs past [0, 1], as three seeds allow.
+    beyond = [lr for lr, g in groups.items() if g["summaries"]["val_accuracy"]["ci95"][0] < 0]
+    assert beyond == [0.1]
+    assert (
+        "The 95% CI of learning rate 0.1 runs past [0, 1], where the values lie"
+        in markdown.split("(Table 4)")[1].split("(Table 5)")[0]
+    )
+    assert "runs past 0 or more" not in markdown
     # The diverged seed has no loss: two values, one left out, and the table says why.
     defined = [v for v in loss[0.1] if v is not None]
     assert len(defined) == 2
