@@ -137,7 +137,7 @@ def _roc_figure(results: StudyResults, path: Path) -> tuple[list[str], bool]:
                 notes.append(f"{where}: predictions hold NaN (diverged); no ROC curve")
                 continue
             if len(set(test.labels.tolist())) < 2:
-                notes.append(f"{where}: predictions hold one class only; no ROC curve")
+                notes.append(f"{where}: the test labels hold one class only; no ROC curve")
                 continue
             # Ranks of the scores: the same curve, and finite where a logit overflowed.
             ranks = rankdata(test.scores)

@@ -128,7 +128,8 @@ def paired_tables(results: StudyResults) -> list[str]:
         "Every pair of groups; a - b is the first group minus the second. p_holm is Holm's "
         "correction within each metric (and seed): a gap is significant when p_holm < 0.05. "
         "Seeds needed: the seeds a paired t-test needs to detect the observed mean gap at 80% "
-        "power (alpha 0.05), given the observed SD of the paired differences.",
+        "power, given the observed SD of the paired differences, at alpha 0.05 over the number "
+        "of pairs with a p-value (Holm's strictest step).",
         "",
         "### Over seeds (paired t-test, seed as the pair)",
         "",

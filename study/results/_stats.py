@@ -189,7 +189,9 @@ def paired_over_seeds(
     """Paired t-test over the shared seeds of every pair of groups, Holm across the pairs.
 
     Each test carries the seeds a two-sided paired t-test would need to detect the observed
-    mean difference at 80% power (alpha 0.05), given the observed SD of the differences.
+    mean difference at 80% power, given the observed SD of the differences, at alpha 0.05
+    over the number of pairs with a p-value: the level of Holm's strictest step, so that a
+    study planned on it can pass the correction.
 
     Args:
         per_seed: Group label -> seed -> value (None where missing or undefined), in the
@@ -204,12 +206,7 @@ def paired_over_seeds(
             result = paired_t_test(
                 [per_seed[a][seed] for seed in seeds], [per_seed[b][seed] for seed in seeds]
             )
-            needed = seeds_needed(result.mean_difference, result.sd_difference)
-            details = {
-                "sd_difference": result.sd_difference,
-                "seeds_needed": needed.seeds,
-                "seeds_needed_beyond_cap": needed.beyond_cap,
-            }
+            details = {"sd_difference": result.sd_difference}
             tests.append(
                 PairedTest(
                     metric=metric,
@@ -224,6 +221,15 @@ def paired_over_seeds(
                     details=details,
                 )
             )
+    # Seeds needed at the level of Holm's strictest step, which a planned study must pass.
+    alpha = ALPHA / max(1, sum(test.p is not None for test in tests))
+    for test in tests:
+        needed = seeds_needed(test.difference, test.details["sd_difference"], alpha=alpha)
+        test.details.update(
+            seeds_needed=needed.seeds,
+            seeds_needed_beyond_cap=needed.beyond_cap,
+            seeds_needed_alpha=alpha,
+        )
     return holm_within(tests)
 
 
@@ -392,9 +398,11 @@ def _power(behind: Sequence[tuple[str, PairedTest]]) -> str:
         test.details["seeds_needed_beyond_cap"] or test.details["seeds_needed"] > test.n
         for _, test in behind
     )
+    pairs = round(ALPHA / behind[0][1].details["seeds_needed_alpha"])
     meaning = (
-        f"seeds needed: for {POWER:.0%} power, {PAIRED_T} at alpha {ALPHA}, to detect the "
-        "observed gap at the observed SD of the paired differences"
+        f"seeds needed: for {POWER:.0%} power, {PAIRED_T} at alpha {ALPHA}/{pairs} (Holm's "
+        "strictest step), to detect the observed gap at the observed SD of the paired "
+        "differences"
     )
     if short:
         return f"n = {n} seeds is too small to rank these ({meaning})."

@@ -99,8 +99,12 @@ def test_every_pair_is_tested_over_shared_seeds_with_holm_across_pairs() -> None
         assert test.statistic == pytest.approx(expected.statistic)
         differences = [u - v for u, v in zip(x, y, strict=True)]
         assert test.difference == pytest.approx(statistics.mean(differences))
-        needed = seeds_needed(statistics.mean(differences), statistics.stdev(differences))
+        # Planned at Holm's strictest step: alpha over the three pairs.
+        needed = seeds_needed(
+            statistics.mean(differences), statistics.stdev(differences), alpha=0.05 / 3
+        )
         assert test.details["seeds_needed"] == needed.seeds
+        assert test.details["seeds_needed_alpha"] == pytest.approx(0.05 / 3)
     holm = multipletests([t.p for t in tests], method="holm")[1]
     assert [t.p_holm for t in tests] == pytest.approx(list(holm))
 
