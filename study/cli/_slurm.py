@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING
 
 from storage._filesystem import check_sqlite_local, sqlite_path
 from study.cli._common import STORAGE_ENV, quiet_optuna, storage_url, study_options
-from study.launch._slurm import DEFAULT_SIGNAL_S, SlurmPlan, render_script, submit
+from study.launch._slurm import (
+    DEFAULT_SIGNAL_S,
+    SlurmPlan,
+    render_script,
+    sbatch_environment,
+    submit,
+)
 from trainer import InputError
 
 if TYPE_CHECKING:
@@ -105,7 +111,7 @@ def handle_slurm(args: argparse.Namespace) -> int:
     launch_args = _launch_args(args)
     # Made before the storage is opened: a bad flag is reported without waiting for a database.
     plan = _plan(args, log_dir="/", launch_args=launch_args)
-    from storage import open_storage
+    from storage import mask_url, open_storage
     from study.grid import load_grid_study, study_folder, study_uid
 
     quiet_optuna()
@@ -120,11 +126,23 @@ def handle_slurm(args: argparse.Namespace) -> int:
             "the study is in SQLite: every task must run on this machine and see that file; "
             "a cluster needs PostgreSQL (--storage postgresql://USER@HOST:5432/DBNAME)"
         )
+    if mask_url(url) != url or os.environ.get("PGPASSWORD"):
+        _logger.warning(
+            "the password (in the storage URL or PGPASSWORD) goes into the job's environment, "
+            "which Slurm keeps with the job; put it in ~/.pgpass on the shared home instead"
+        )
+    env, dropped = sbatch_environment(plan, {**os.environ, STORAGE_ENV: url})
+    if dropped:
+        _logger.warning(
+            "leaving %s out of sbatch's environment: sbatch would let them override the "
+            "script's own options",
+            ", ".join(dropped),
+        )
     if args.dry_run:
         print(script, end="")
         return 0
     path = _save(folder, script, stamp)
-    job = submit(path, {**os.environ, STORAGE_ENV: url})
+    job = submit(path, env)
     print(f"submitted job {job}: {plan.array} array task(s) for study {args.study!r}")
     print(f"script: {path}")
     print(f"logs:   {folder}/{job}_*.log")

@@ -28,8 +28,35 @@ _SBATCH_TIMEOUT_S = 120
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+):([0-5]\d):([0-5]\d)$")
 _NAME = re.compile(r"^[A-Za-z0-9_.,+:=@/-]+$")  # partition, account: no spaces or quotes
 _JOB_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]")
-# Options the script itself must set for the study to work; given after -- they would win.
-_OWN_OPTIONS = {"--array": "--array N", "-a": "--array N"}
+# Options the script itself must set for the study to work, given after -- they would win:
+# what each one sets, and what to do instead.
+_OWN_OPTIONS = {
+    "--array": ("the task count", "pass --array N"),
+    "--signal": ("the early SIGTERM that hands cells back", "pass --signal-seconds S"),
+    "--time": ("the time limit checked against the signal", "pass --time"),
+    "--gres": ("each task's GPUs", "pass --gpus-per-task G"),
+    "--requeue": ("the requeue of a preempted task", "leave it out"),
+    "--no-requeue": ("the requeue of a preempted task", "leave it out"),
+    "--output": ("the task logs in the study's folder", "pass --artifacts DIR"),
+    "--error": ("the task logs in the study's folder", "pass --artifacts DIR"),
+    "--open-mode": ("the task logs in the study's folder", "pass --artifacts DIR"),
+    "--nodes": ("one node per task", "leave it out"),
+    "--ntasks": ("one launcher per task", "leave it out"),
+}
+# sbatch's short options, as their long names.
+_SHORT = {
+    "-a": "--array", "-A": "--account", "-C": "--constraint", "-e": "--error", "-G": "--gpus",
+    "-J": "--job-name", "-n": "--ntasks", "-N": "--nodes", "-o": "--output", "-p": "--partition",
+    "-q": "--qos", "-t": "--time",
+}  # fmt: skip
+# The input environment variables of sbatch whose names do not follow SBATCH_<OPTION>.
+_ENVIRONMENT = {
+    "--array": ("SBATCH_ARRAY_INX",),
+    "--time": ("SBATCH_TIMELIMIT",),
+    "--mem": ("SBATCH_MEM_PER_NODE",),
+    "--requeue": ("SBATCH_REQUEUE", "SBATCH_NO_REQUEUE"),
+    "--output": ("SBATCH_OUTPUT", "SBATCH_ERROR"),  # a separate error file would split the log
+}
 
 
 def default_command() -> tuple[str, ...]:
@@ -162,9 +189,11 @@ def _sbatch_lines(args: Sequence[str]) -> list[str]:
             )
     for group in groups:
         option, _, value = group[0].partition("=")
+        option = _SHORT.get(option, option)
         if option in _OWN_OPTIONS:
+            what, instead = _OWN_OPTIONS[option]
             raise InputError(
-                f"{group[0]} (after --) would replace the task count; pass {_OWN_OPTIONS[option]}."
+                f"{group[0]} (after --) would replace {what}, which the script sets; {instead}."
             )
         export = value if value else (group[1] if len(group) > 1 else "")
         if option == "--export" and not export.startswith("ALL"):
@@ -185,19 +214,8 @@ def _quoted(arg: str) -> str:
     return f'"{arg}"'
 
 
-def render_script(plan: SlurmPlan, *, written: str = "") -> str:
-    """The sbatch script of ``plan``: the job array's options, then one launcher per task.
-
-    The launcher runs in the background so that the script can pass on the SIGTERM that Slurm
-    sends it alone (``--signal=B:TERM@S``, ``scancel --batch``): bash runs a trap only between
-    commands, never while a foreground child runs. When the task ends, anything the launcher
-    left running is stopped: with ``proctrack/linuxproc`` an orphaned worker is no longer part
-    of the job, and would keep training after the job ended.
-
-    Args:
-        plan: The submission.
-        written: When and by whom, for the header comment. Defaults to nothing.
-    """
+def _options(plan: SlurmPlan) -> list[str]:
+    """The script's own #SBATCH options (those after -- follow them)."""
     options = [
         f"--job-name={plan.name}",
         f"--array=0-{plan.array - 1}",
@@ -223,7 +241,45 @@ def render_script(plan: SlurmPlan, *, written: str = "") -> str:
         "--open-mode=append",
         f'--output="{log}"',
     ]
-    header = "\n".join(f"#SBATCH {option}" for option in options)
+    return options
+
+
+def sbatch_environment(
+    plan: SlurmPlan, env: Mapping[str, str]
+) -> tuple[dict[str, str], list[str]]:
+    """sbatch's environment without the ``SBATCH_*`` variables of options the script sets, and
+    the names left out.
+
+    sbatch lets such a variable override an #SBATCH line (sbatch(1), "Environment variables
+    will override any options set in a batch script"): a site's ``SBATCH_EXPORT=NONE`` would
+    keep $LRSTUDY_STORAGE from the tasks, an ``SBATCH_SIGNAL`` the early SIGTERM. Variables of
+    options the script leaves out (``SBATCH_QOS``, say) still apply.
+    """
+    names = {option.partition("=")[0] for option in _options(plan)}
+    names |= {_SHORT.get(arg.partition("=")[0], arg.partition("=")[0])
+              for arg in plan.sbatch_args if arg.startswith("-")}  # fmt: skip
+    drop = {
+        variable
+        for name in names
+        for variable in _ENVIRONMENT.get(name, ("SBATCH_" + name[2:].upper().replace("-", "_"),))
+    }
+    return {k: v for k, v in env.items() if k not in drop}, sorted(drop & set(env))
+
+
+def render_script(plan: SlurmPlan, *, written: str = "") -> str:
+    """The sbatch script of ``plan``: the job array's options, then one launcher per task.
+
+    The launcher runs in the background so that the script can pass on the SIGTERM that Slurm
+    sends it alone (``--signal=B:TERM@S``, ``scancel --batch``): bash runs a trap only between
+    commands, never while a foreground child runs. When the task ends, anything the launcher
+    left running is stopped: with ``proctrack/linuxproc`` an orphaned worker is no longer part
+    of the job, and would keep training after the job ended.
+
+    Args:
+        plan: The submission.
+        written: When and by whom, for the header comment. Defaults to nothing.
+    """
+    header = "\n".join(f"#SBATCH {option}" for option in _options(plan))
     extra = "\n".join(_sbatch_lines(plan.sbatch_args))
     if plan.gpus_per_task:
         slots = _GPU_SLOTS.format(per_gpu=plan.per_gpu)
@@ -298,6 +354,7 @@ launcher=$!
 term_at=-1
 cont_at=-1
 passed=0
+forwarded=0
 trap 'cont_at=$SECONDS' CONT
 trap 'term_at=$SECONDS' TERM INT
 pass_on() {{
@@ -309,6 +366,7 @@ pass_on() {{
         echo "lrstudy: SIGTERM; passing it on to the launcher, whose workers re-queue" \\
             "their cells" >&2
         kill -TERM "$launcher" 2>/dev/null
+        forwarded=1
     fi
     return 0
 }}
@@ -349,6 +407,11 @@ done
 wait "$launcher"
 code=$?
 sweep
+if (( forwarded && code != 0 )); then
+    echo "lrstudy: this task stopped early (its time limit, or scancel --batch); its cells" \\
+        "are back in the queue for the other tasks; if none is left, submit again or run" \\
+        "scontrol requeue ${{SLURM_JOB_ID:-JOBID}}" >&2
+fi
 echo "lrstudy: launcher ended with exit code $code"
 exit "$code"
 """

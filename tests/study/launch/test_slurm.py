@@ -23,7 +23,14 @@ from storage import StorageError
 from storage._filesystem import check_sqlite_local, filesystem_type, sqlite_path
 from study.cli import main
 from study.grid import study_folder, study_uid
-from study.launch._slurm import TAG_ENV, SlurmPlan, render_script, submit, time_seconds
+from study.launch._slurm import (
+    TAG_ENV,
+    SlurmPlan,
+    render_script,
+    sbatch_environment,
+    submit,
+    time_seconds,
+)
 from tests.conftest import write_dataset
 from tests.slurm import SlurmCluster
 from tests.study.cli import test_study
@@ -194,6 +201,10 @@ def test_sqlite_on_a_network_file_system_is_refused_by_each_command(
         ({"sbatch_args": ("qos=low",)}, ["must start with an option"]),
         ({"sbatch_args": ("--export=NONE",)}, ["$LRSTUDY_STORAGE", "--export=ALL"]),
         ({"sbatch_args": ("--array=0-99",)}, ["pass --array N"]),
+        ({"sbatch_args": ("--signal=TERM@60",)}, ["early SIGTERM", "--signal-seconds S"]),
+        ({"sbatch_args": ("-o", "/tmp/x.log")}, ["task logs", "--artifacts DIR"]),
+        ({"sbatch_args": ("--no-requeue",)}, ["requeue", "leave it out"]),
+        ({"sbatch_args": ("-t", "720")}, ["the time limit", "pass --time"]),
         ({"sbatch_args": ('--comment="x"',)}, ["holds a quote"]),
     ],
 )
@@ -219,6 +230,22 @@ def test_a_bad_flag_is_one_line_before_any_database_is_opened(
     )
 
 
+def test_sbatch_variables_of_the_scripts_own_options_are_left_out() -> None:
+    """sbatch lets SBATCH_* variables override #SBATCH lines; those of options the script
+    leaves to the site (a default QOS or account) still apply."""
+    plan = SlurmPlan(
+        study="s", array=2, log_dir="/logs", time="01:00:00", sbatch_args=("-p", "gpu")
+    )
+    env = {
+        "SBATCH_EXPORT": "NONE", "SBATCH_ARRAY_INX": "0-0", "SBATCH_SIGNAL": "TERM@10",
+        "SBATCH_NO_REQUEUE": "1", "SBATCH_TIMELIMIT": "5", "SBATCH_ERROR": "/tmp/e",
+        "SBATCH_PARTITION": "cpu", "SBATCH_QOS": "low", "SBATCH_ACCOUNT": "lab", "HOME": "/h",
+    }  # fmt: skip
+    kept, dropped = sbatch_environment(plan, env)
+    assert kept == {"SBATCH_QOS": "low", "SBATCH_ACCOUNT": "lab", "HOME": "/h"}
+    assert dropped == sorted(set(env) - set(kept))
+
+
 def test_time_formats() -> None:
     assert time_seconds("00:02:01") == 121
     assert time_seconds("48:00:00") == 48 * 3600
@@ -226,7 +253,10 @@ def test_time_formats() -> None:
 
 
 def test_dry_run_prints_the_script_without_the_url_and_submits_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     url = create_study(tmp_path)
     folder = slurm_folder(tmp_path, url)
@@ -255,8 +285,13 @@ def test_dry_run_prints_the_script_without_the_url_and_submits_nothing(
     assert folder.name == "slurm" and folder.parent.name.startswith("quick-")
     assert not folder.exists()  # nothing saved
     assert "the study is in SQLite: every task must run on this machine" in caplog.text
+    assert "password" not in caplog.text
 
+    # A password in the environment would be kept with the job: said, not silently sent.
+    monkeypatch.setenv("PGPASSWORD", "secret")
     code, script, err = lrstudy([*argv, "--gpus-per-task", "2", "--per-gpu", "2"], capsys)
+    assert "which Slurm keeps with the job; put it in ~/.pgpass" in caplog.text
+    assert "secret" not in caplog.text + script + err
     assert code == 0, err
     assert "#SBATCH --gres=gpu:2" in script.splitlines()
     assert "slots=(--gpus all --per-gpu 2)" in script
@@ -382,16 +417,24 @@ def _signal_mid_cell(actions: dict[Path, Callable[[], object]], epochs: int) -> 
 
 
 def test_a_study_runs_to_the_end_through_a_cancelled_and_a_requeued_task(
-    slurm_cluster: SlurmCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    slurm_cluster: SlurmCluster,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Cells of 40 epochs: a signal sent after a cell's first epoch finds it still training.
     # Two cells per task are enough for the three to be stopped and their cells finished.
     epochs = 40
     url = create_study(tmp_path, epochs=epochs, seeds=(0, 1))
+    # A site's sbatch defaults that would override the script: one task, no environment.
+    monkeypatch.setenv("SBATCH_ARRAY_INX", "0-0")
+    monkeypatch.setenv("SBATCH_EXPORT", "NONE")
     code, out, err = lrstudy(
         ["slurm", "--storage", url, "--study", "quick", "--array", "4"], capsys
     )
     assert code == 0, err
+    assert "leaving SBATCH_ARRAY_INX, SBATCH_EXPORT out of sbatch's environment" in caplog.text
     job = re.search(r"^submitted job (\d+): 4 array task", out, re.M)
     assert job, out
     job_id = job.group(1)
@@ -434,6 +477,7 @@ def test_a_study_runs_to_the_end_through_a_cancelled_and_a_requeued_task(
 
     text = stopped.read_text()
     assert "SIGTERM; passing it on to the launcher" in text
+    assert "this task stopped early (its time limit, or scancel --batch)" in text
     assert text.rstrip().endswith("launcher ended with exit code 143")
     # A whole-job signal reaches the launcher from Slurm itself, never a second time from the
     # script (that would make it kill its workers before they re-queue their cells). Slurm
