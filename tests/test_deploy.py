@@ -169,6 +169,10 @@ def test_workers_reserve_nvidia_gpus_and_pin_them_per_process() -> None:
     # Docker gives `count: N` as GPUs 0..N-1 to every replica; `launch` pins one per process.
     assert worker["command"][0] == "launch"
     assert "--gpus" in worker["command"]
+    # launch exits 1 for a cell failed for good and 2 for bad input: a bounded restart policy
+    # lets the container settle there instead of starting its GPU workers over forever.
+    policy, _, retries = worker["restart"].partition(":")
+    assert policy == "on-failure" and 1 <= int(retries) <= 5
 
 
 def test_dataset_and_spec_are_read_only_and_state_lives_in_named_volumes() -> None:
@@ -366,7 +370,9 @@ def test_worker_job_runs_one_gpu_per_pod_in_parallel() -> None:
     assert isinstance(job["spec"]["parallelism"], int) and job["spec"]["parallelism"] >= 1
     pod = _pod_spec(job)
     (worker,) = pod["containers"]
-    assert worker["args"][0] == "worker"
+    # launch, not a bare worker: its GPU slot stops where no GPU is visible, and it exits 143
+    # when stopped mid-study, which the Job replaces (an exit 0 would count as done).
+    assert worker["args"][0] == "launch" and _option(worker["args"], "--gpus") == "all"
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
     mounts = {m["mountPath"]: m for m in worker["volumeMounts"]}
     assert mounts[_set_value(create, "data.root")]["readOnly"] is True
