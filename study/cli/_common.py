@@ -9,8 +9,12 @@ import argparse
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainer import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from study.spec import StudySpec
 
 # Launched workers read the storage URL from here, so a password never shows in `ps`.
 STORAGE_ENV = "LRSTUDY_STORAGE"
@@ -97,3 +101,17 @@ def quiet_optuna() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def fetch_weights(spec: StudySpec) -> None:
+    """Download the ImageNet weights once, here, before any worker starts: workers starting
+    together would race on Keras's download, and unreachable weights would fail every cell
+    until its retries are spent, leaving the study failed for good. (On a cluster, the login
+    node, which reaches the internet where compute nodes may not, fills the shared cache.)"""
+    from trainer._weights import fetch_imagenet_weights
+
+    if spec.train.weights == "imagenet" or "imagenet" in spec.grid.get("weights", ()):
+        try:
+            fetch_imagenet_weights()
+        except InputError as error:
+            raise InputError(f"{error}: in a study, --set train.weights=none or =PATH") from error

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from storage._filesystem import check_sqlite_local, sqlite_path
-from study.cli._common import STORAGE_ENV, quiet_optuna, storage_url, study_options
+from study.cli._common import (
+    STORAGE_ENV,
+    fetch_weights,
+    quiet_optuna,
+    storage_url,
+    study_options,
+)
 from study.launch._slurm import (
     DEFAULT_SIGNAL_S,
     SlurmPlan,
@@ -112,7 +118,7 @@ def handle_slurm(args: argparse.Namespace) -> int:
     # Made before the storage is opened: a bad flag is reported without waiting for a database.
     plan = _plan(args, log_dir="/", launch_args=launch_args)
     from storage import mask_url, open_storage
-    from study.grid import load_grid_study, study_folder, study_uid
+    from study.grid import load_grid_study, spec_from_study, study_folder, study_uid
 
     quiet_optuna()
     study = load_grid_study(open_storage(url, existing=True), args.study)
@@ -141,6 +147,7 @@ def handle_slurm(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(script, end="")
         return 0
+    fetch_weights(spec_from_study(study, url))  # here: compute nodes may have no internet
     path = _save(folder, script, stamp)
     job = submit(path, env)
     print(f"submitted job {job}: {plan.array} array task(s) for study {args.study!r}")

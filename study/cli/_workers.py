@@ -15,6 +15,7 @@ from study.cli._common import (
     STORAGE_ENV,
     absolute,
     data_folder,
+    fetch_weights,
     quiet_optuna,
     slots_flag,
     storage_url,
@@ -235,7 +236,7 @@ def _launch(args: argparse.Namespace) -> int:
         return 0
     if _all_complete(study):
         return _finish(study, None)
-    _fetch_imagenet(spec)
+    fetch_weights(spec)
     locations = {
         "--data": data_folder(args.data),
         "--cache-dir": args.cache_dir,
@@ -256,7 +257,7 @@ def _run(args: argparse.Namespace) -> int:
     _study_backend(spec, args.backend)
     check_sqlite_local(spec.study.storage)
     slots = plan_slots(gpus=args.gpus, workers=args.workers, per_gpu=args.per_gpu)
-    _fetch_imagenet(spec)
+    fetch_weights(spec)
     study, created = create_study(spec)
     if not created:  # a new study is logged where it is created
         _logger.info("resuming study %r: %d cells", spec.study.name, len(spec.cells()))
@@ -274,19 +275,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.preset == "quick":
         print(f"\n{QUICK_NOTE}")
     return code
-
-
-def _fetch_imagenet(spec: StudySpec) -> None:
-    """Download the ImageNet weights once, here, before any worker starts: workers starting
-    together would race on Keras's download, and unreachable weights would fail every cell
-    until its retries are spent, leaving the study failed for good."""
-    from trainer._weights import fetch_imagenet_weights
-
-    if spec.train.weights == "imagenet" or "imagenet" in spec.grid.get("weights", ()):
-        try:
-            fetch_imagenet_weights()
-        except InputError as error:
-            raise InputError(f"{error}: in a study, --set train.weights=none or =PATH") from error
 
 
 def _all_complete(study: optuna.Study) -> bool:

@@ -76,16 +76,18 @@ def lrstudy(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[in
     return code, out, err
 
 
-def create_study(tmp_path: Path, epochs: int = 1, seeds: Sequence[int] = (0, 1, 2)) -> str:
-    """A quick study (4 rates x ``seeds``) made with ``lrstudy create``, as a user would; its
-    storage URL."""
+def create_study(
+    tmp_path: Path, epochs: int = 1, seeds: Sequence[int] = (0, 1, 2), extra: Sequence[str] = ()
+) -> str:
+    """A quick study (4 rates x ``seeds``) made with ``lrstudy create``, as a user would, with
+    ``extra`` options; its storage URL."""
     data = write_dataset(tmp_path / "data").root
     url = f"sqlite:///{tmp_path / 'study.db'}"
     argv = [
         sys.executable, "-m", "study", "create", "--storage", url, "--data", str(data), *QUICK,
         "--set", f"train.epochs={epochs}", "--set", f"grid.seed={list(seeds)}",
         "--set", f"data.cache_dir={tmp_path / 'cache'}",
-        "--set", f"study.artifacts={tmp_path / 'artifacts'}",
+        "--set", f"study.artifacts={tmp_path / 'artifacts'}", *extra,
     ]  # fmt: skip
     done = subprocess.run(
         argv,
@@ -295,6 +297,25 @@ def test_dry_run_prints_the_script_without_the_url_and_submits_nothing(
     assert code == 0, err
     assert "#SBATCH --gres=gpu:2" in script.splitlines()
     assert "slots=(--gpus all --per-gpu 2)" in script
+
+
+def test_the_weights_are_fetched_on_the_login_node_before_anything_is_submitted(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    closed_origin: str,
+) -> None:
+    """Compute nodes often have no internet: unreachable weights end here, in one line, not
+    in every cell of every task."""
+    extra = ["--set", "train.model=inception_v3", "--set", "train.image_size=75"]
+    url = create_study(tmp_path, extra=[*extra, "--set", "train.weights=imagenet"])
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("LRSTUDY_WEIGHTS_ORIGIN", closed_origin)
+    argv = ["slurm", "--storage", url, "--study", "quick", "--array", "2"]
+    code, out, err = lrstudy(argv, capsys)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and "cannot download" in err and "train.weights=none" in err
+    assert not slurm_folder(tmp_path, url).exists()  # no script saved, nothing submitted
 
 
 def test_script_quotes_what_it_passes_on() -> None:
