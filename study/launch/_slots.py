@@ -83,12 +83,19 @@ def gpu_pool(environ: Mapping[str, str] | None = None) -> list[str] | None:
     """The GPUs this process was given, from an inherited ``CUDA_VISIBLE_DEVICES``; None if unset.
 
     On a shared server (or under Slurm) the variable names the GPUs that are ours, by index or
-    by GPU/MIG UUID; an empty value means none. Workers must stay within it.
+    by GPU/MIG UUID; an empty value means none. Workers must stay within it. As CUDA reads it,
+    the list ends at the first entry that is neither (``-1``, the usual way to hide every GPU,
+    names none).
     """
     value = (os.environ if environ is None else environ).get(_VISIBLE)
     if value is None:
         return None
-    return [part.strip() for part in value.split(",") if part.strip()]
+    pool = []
+    for part in (part.strip() for part in value.split(",")):
+        if not (part.isdigit() or part.startswith(("GPU-", "MIG-"))):
+            break
+        pool.append(part)
+    return pool
 
 
 def find_gpus() -> list[str]:
@@ -186,7 +193,8 @@ def plan_slots(
             return [Slot(1)]
         chosen = pool
     else:
-        chosen = _chosen_gpus(gpus, pool, inherited is not None)
+        given = (os.environ if environ is None else environ).get(_VISIBLE)
+        chosen = _chosen_gpus(gpus, pool, given)
     lookup = memory or gpu_memory_mib
     totals = {gpu: lookup(gpu) for gpu in chosen} if per_gpu > 1 else {}
     return [
@@ -214,13 +222,13 @@ def gpu_memory_mib(gpu: str) -> float | None:
         return None
 
 
-def _chosen_gpus(gpus: str, pool: list[str], inherited: bool) -> list[str]:
-    if inherited:
+def _chosen_gpus(gpus: str, pool: list[str], inherited: str | None) -> list[str]:
+    if inherited is not None:
         shown = ",".join(pool)
         where = (
             f"the pool is CUDA_VISIBLE_DEVICES={shown}"
             if pool
-            else "CUDA_VISIBLE_DEVICES is empty"
+            else f"CUDA_VISIBLE_DEVICES={inherited!r} names none"
         )
     else:
         where = f"this machine has GPUs {','.join(pool)}" if pool else "this machine has no GPU"

@@ -99,8 +99,13 @@ def test_an_inherited_cuda_visible_devices_is_the_pool() -> None:
         plan_slots(gpus="2", available=eight, environ=given)
     none = {"CUDA_VISIBLE_DEVICES": ""}
     assert [s.label for s in plan_slots(available=eight, environ=none)] == ["w1 cpu"]
-    with pytest.raises(InputError, match=r"found no GPU \(CUDA_VISIBLE_DEVICES is empty\)"):
+    with pytest.raises(InputError, match=r"found no GPU \(CUDA_VISIBLE_DEVICES='' names none\)"):
         plan_slots(gpus="all", available=eight, environ=none)
+    # As CUDA reads it, the list ends at an entry that is no GPU: -1 hides them all.
+    for hidden in ("-1", "NoDevFiles", "-1,0"):
+        assert plan_slots(available=eight, environ={"CUDA_VISIBLE_DEVICES": hidden}) == [Slot(1)]
+    pool = {"CUDA_VISIBLE_DEVICES": "3,-1,5"}
+    assert [s.gpu for s in plan_slots(gpus="all", available=eight, environ=pool)] == ["3"]
 
 
 def test_gpu_and_mig_uuids_are_accepted() -> None:
