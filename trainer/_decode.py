@@ -82,11 +82,12 @@ def parallel_map(
 
     ``function`` must be picklable (module level, or a functools.partial of one); it returns
     (position in ``items``, reason) for the items that failed, and the result joins them,
-    sorted. ``workers`` None means one per core, or this process alone for a small job.
+    sorted. ``workers`` None means one per core this process may run on (a Slurm task's or a
+    container's cpuset, not the node's), or this process alone for a small job.
     Progress is logged as ``what: done/total images, N images/s``.
     """
     if workers is None:
-        workers = 1 if len(items) < _MIN_PARALLEL else os.cpu_count() or 1
+        workers = 1 if len(items) < _MIN_PARALLEL else _usable_cores()
     workers = max(1, min(workers, len(items)))
     size = max(1, min(64, math.ceil(len(items) / (workers * 4))))
     starts = range(0, len(items), size)
@@ -152,3 +153,10 @@ class _Progress:
         _logger.info(
             "%s: %d images in %.1f s, %.0f images/s", self.what, self.done, seconds, self.rate
         )
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on; the machine's where the OS cannot say (macOS)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
