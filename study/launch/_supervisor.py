@@ -27,6 +27,9 @@ _logger = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 _POLL_S = 0.2
 _RESTART_DELAY_S = 2.0
+# A SIGTERM this soon after the first is the same stop delivered twice (`scancel --full`
+# signals the batch script, which passes it on, and the launcher itself), not a second one.
+_SAME_STOP_S = 2.0
 _USAGE_WATCH = UsageWatch()
 
 
@@ -109,7 +112,7 @@ def launch(
     same install, the same study), so they are stopped too (SIGTERM: their cells go back).
     SIGINT and SIGTERM sent to the launcher are passed
     on as SIGTERM, so each worker fails its running trial for a retry and exits; a second signal
-    kills the workers at once.
+    kills the workers at once (a SIGTERM within 2 s of the first counts as the same one).
 
     Args:
         slots: The workers to run (see ``plan_slots``).
@@ -127,6 +130,7 @@ def launch(
     stream = out if out is not None else sys.stderr
     lock = threading.Lock()
     signals: list[int] = []
+    first_signal_at: list[float] = []
     started = time.monotonic()
 
     def start(slot: Slot) -> tuple[subprocess.Popen[str], threading.Thread]:
@@ -150,6 +154,11 @@ def launch(
 
     def on_signal(signum: int, frame: object) -> None:
         del frame
+        now = time.monotonic()
+        repeat = signum == signal.SIGTERM and signals == [signal.SIGTERM]
+        if repeat and now - first_signal_at[0] < _SAME_STOP_S:
+            return
+        first_signal_at.append(now)
         signals.append(signum)
         kill = signal.SIGTERM if len(signals) == 1 else signal.SIGKILL
         for item in running:
