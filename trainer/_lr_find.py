@@ -33,8 +33,14 @@ SMOOTHING = 0.98
 """Weight of the past in the smoothed loss, as fastai's: about the last 50 batches count."""
 DIVERGENCE_FACTOR = 4.0
 """The test stops once the smoothed loss exceeds this many times its minimum so far."""
+WARMUP_FRACTION = 0.1
+"""Share of the steps skipped when looking for the steepest descent, as fastai's ``lr_find``:
+the first averages hold few batches, and their noise would read as slope."""
 WARMUP_POINTS = 5
-"""Points skipped when looking for the steepest descent: the first averages hold few batches."""
+"""The fewest points skipped so, for short tests."""
+END_POINTS = 5
+"""A lowest loss within this many points of ``max_lr`` was still falling there (fastai leaves
+out as many)."""
 MIN_STEPS = 10
 GRID_SIZE = 4
 GRID_STEP_DECADES = 0.5
@@ -85,23 +91,38 @@ class LrFindResult:
         return min(self.curve, key=lambda row: row.smoothed_loss).learning_rate
 
     @property
+    def warmup(self) -> int:
+        """Points skipped at the start when looking for the steepest descent."""
+        return max(WARMUP_POINTS, int(self.steps * WARMUP_FRACTION))
+
+    @property
+    def still_falling(self) -> bool:
+        """True when the test ran to ``max_lr`` with its lowest loss among the last points: the
+        descent may go on past ``--max``, and the grid read from it would lie too low."""
+        curve = self.curve
+        if self.stopped_early or not curve:
+            return False
+        lowest = min(range(len(curve)), key=lambda index: curve[index].smoothed_loss)
+        return lowest >= len(curve) - END_POINTS
+
+    @property
     def steepest_lr(self) -> float | None:
         """The rate where the smoothed loss falls fastest per decade of rate, after the first
-        ``WARMUP_POINTS`` and up to the lowest loss (a fall back from a spike beyond it is no
+        ``warmup`` points and up to the lowest loss (a fall back from a spike beyond it is no
         descent); None if that stretch is too short or never falls."""
-        curve = self.curve
+        curve, warmup = self.curve, self.warmup
         if curve:
             lowest = min(range(len(curve)), key=lambda index: curve[index].smoothed_loss)
             curve = curve[: lowest + 1]
-        if len(curve) < WARMUP_POINTS + 2:
+        if len(curve) < warmup + 2:
             return None
         slopes = np.gradient(
             [row.smoothed_loss for row in curve], [math.log10(row.learning_rate) for row in curve]
-        )[WARMUP_POINTS:]
+        )[warmup:]
         steepest = int(np.argmin(slopes))
         if slopes[steepest] >= 0:
             return None
-        return curve[WARMUP_POINTS + steepest].learning_rate
+        return curve[warmup + steepest].learning_rate
 
     def suggested_grid(self) -> tuple[float, ...]:
         """Four rates, highest first, half a decade apart around the steepest descent (closer
@@ -141,7 +162,7 @@ class LrFindResult:
         return f"--set 'grid.learning_rate=[{', '.join(map(repr, self.suggested_grid()))}]'"
 
     def _no_descent(self) -> str:
-        if len(self.curve) < WARMUP_POINTS + 2:
+        if len(self.curve) < self.warmup + 2:
             return (
                 f"lr-find: the loss diverged after {len(self.rows)} steps, at rate "
                 f"{self.divergence_lr:g}; lower --min (now {self.min_lr:g})"

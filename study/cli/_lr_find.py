@@ -132,6 +132,13 @@ def _lr_find(args: argparse.Namespace) -> int:
             f"attached to study {study.study_name!r}: the figure on its dashboard page, "
             f"{LR_FIND_FILE} and {LR_FIND_PNG} among its artifacts"
         )
+    if result.still_falling:
+        _logger.warning(
+            "lr-find: the loss was still falling at --max %g, so the suggested rates may lie "
+            "too low; run again with a higher --max, e.g. --max %g",
+            result.max_lr,
+            result.max_lr * 100,
+        )
     # After the files: a curve without a suggestion is still worth a look.
     override = result.grid_override()
     print(f"next: lrstudy run {_run_options(args)} {override}")

@@ -224,6 +224,24 @@ def test_a_fall_back_from_a_spike_past_the_minimum_is_no_descent() -> None:
     assert result.suggested_grid() == (0.006, 0.002, 0.0006, 0.0002)
 
 
+def test_noise_at_the_start_is_no_descent() -> None:
+    # The first averages hold few batches: a dip there, steeper than the real descent, lies in
+    # the first tenth of the steps, which the search skips (as fastai's lr_find does).
+    rates = np.geomspace(1e-6, 1.0, 200)
+    smoothed = _falling(rates, -1.0)
+    smoothed[8:11] -= [0.2, 0.4, 0.2]
+    result = _result(rates, smoothed)
+    assert result.warmup == 20
+    assert result.steepest_lr == pytest.approx(1e-3, rel=0.05)
+
+
+def test_a_loss_still_falling_at_max_is_said() -> None:
+    rates = np.geomspace(1e-6, 1e-3, 61)
+    assert _result(rates, _falling(rates, 0.0)).still_falling
+    turned = np.geomspace(1e-6, 1.0, 61)
+    assert not _result(turned, _falling(turned, -1.0)).still_falling
+
+
 def _never_falling() -> LrFindResult:
     return _result(np.geomspace(1e-6, 1.0, 30), np.linspace(0.7, 0.9, 30))
 
