@@ -141,6 +141,9 @@ def _lr_find(args: argparse.Namespace) -> int:
         )
     # After the files: a curve without a suggestion is still worth a look.
     override = result.grid_override()
+    if study is not None:  # its grid is stored: the suggestion runs as a study of its own
+        rename = shlex.join(["--set", f"study.name={study.study_name}-suggested"])
+        override = f"{rename} {override}"
     print(f"next: lrstudy run {_run_options(args)} {override}")
     return 0
 

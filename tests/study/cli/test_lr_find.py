@@ -118,6 +118,8 @@ def test_the_summary_names_the_rates_and_the_grid_lies_below_the_divergence(
     assert f"wrote {out / 'lr_find.csv'} and {out / 'lr_find.png'}" in lines
     next_line = lines[-1]
     assert next_line.startswith(f"next: lrstudy run --preset quick --data {setup.spec[3]} --set")
+    # The attached study keeps its grid: the suggestion runs as a study of its own.
+    assert f"--set study.name={STUDY}-suggested --set 'grid.learning_rate=[" in next_line
 
     with open(out / "lr_find.csv") as file:
         rows = list(csv.DictReader(file))
@@ -144,6 +146,7 @@ def test_the_same_seed_gives_the_same_csv_bytes_in_the_default_folder(
     first = (setup.root / "attached" / "lr_find.csv").read_bytes()
     assert (default / "lr_find.csv").read_bytes() == first
     assert _grid(again.stdout) == _grid(attached.stdout)
+    assert "study.name=" not in again.stdout  # not attached: the spec's own study takes it
     png = (default / "lr_find.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
 
