@@ -44,6 +44,8 @@ def to_markdown(
         f"{results.complete} of {results.cells} cells complete. Values per seed are the "
         f"{reduce}'s; SD is the sample SD (n - 1); 95% CI by Student's t over seeds.",
         "",
+        *protocol_lines(results.spec),
+        "",
     ]
     if results.missing:
         lines += ["**Missing cells** (not in the tables):", ""]
@@ -315,6 +317,28 @@ def _beyond_range(results: StudyResults, metric: str) -> list[str]:
         "",
         f"The 95% CI of {', '.join(beyond)} runs past {where}, where the values lie: a "
         "Student-t interval over so few seeds can; it is printed as computed.",
+    ]
+
+
+def protocol_lines(spec: dict[str, Any] | None) -> list[str]:
+    """What was trained, and how: the reading of the paper's open choices a reader needs."""
+    if spec is None:
+        return ["Protocol: not recorded (the study was not made from an lrstudy spec)."]
+    train, data, study = spec["train"], spec["data"], spec["study"]
+    grid = "; ".join(f"{axis} {values}" for axis, values in spec["grid"].items())
+    if train["weights"] == "none":
+        start = "no pretrained weights, all layers trained"
+    else:
+        tuned = "base frozen, head trained" if train["freeze_base"] else "fine-tuned"
+        start = f"{train['weights']} weights, {tuned}"
+    return [
+        f"**Protocol:** {train['model']} ({start}), "
+        f"{train['image_size']} px, {train['epochs']} epochs, batch {train['batch_size']}, "
+        f"{train['optimizer']}, Keras on {train['backend']}; data split `{data['split']}` "
+        f"(split seed {data['split_seed']}); objective `{study['objective']}` of the "
+        f"{study['reduce']} epoch; test weights: {train['test_weights']}.",
+        "",
+        f"**Grid:** {grid}.",
     ]
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from storage import study_lock
 from study.results._collect import Group, StudyResults, collect, format_value
-from study.results._markdown import markdown_tables, paired_tables
+from study.results._markdown import markdown_tables, paired_tables, protocol_lines
 from study.results._stats import fewer_seeds_from, per_epoch
 
 if TYPE_CHECKING:
@@ -274,7 +274,7 @@ def study_note(results: StudyResults) -> str:
         "- The figures: validation curves per rate (each seed thin, the mean bold, its 95% "
         "t-interval shaded), and the test metrics per rate (a dot per seed).",
         "",
-        *_protocol(results.spec),
+        *protocol_lines(results.spec),
         "",
         *tables[key_end:],
         *paired_tables(results),
@@ -288,19 +288,3 @@ def _progress(results: StudyResults) -> str:
         return text + "."
     names = ", ".join(f"`{m['cell']}` ({m['state']})" for m in results.missing)
     return f"{text}; not yet in the tables: {names}."
-
-
-def _protocol(spec: dict[str, Any] | None) -> list[str]:
-    if spec is None:
-        return ["Protocol: not recorded (the study was not made from an lrstudy spec)."]
-    train, data, study = spec["train"], spec["data"], spec["study"]
-    grid = "; ".join(f"{axis} {values}" for axis, values in spec["grid"].items())
-    return [
-        f"**Protocol:** {train['model']} ({train['weights']} weights), "
-        f"{train['image_size']} px, {train['epochs']} epochs, batch {train['batch_size']}, "
-        f"{train['optimizer']}; data split `{data['split']}` (split seed {data['split_seed']}); "
-        f"objective `{study['objective']}` of the {study['reduce']} epoch; test weights: "
-        f"{train['test_weights']}.",
-        "",
-        f"**Grid:** {grid}.",
-    ]

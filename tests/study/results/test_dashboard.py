@@ -144,7 +144,10 @@ def test_the_note_has_protocol_tables_and_the_plain_sentence(finished) -> None:
     study = load_grid_study(url, STUDY)
     results = refresh_views(study)
     note = get_note(study)
-    assert "**Protocol:** inception_v3 (imagenet weights), 224 px, 4 epochs, batch 8" in note
+    protocol = (
+        "**Protocol:** inception_v3 (imagenet weights, fine-tuned), 224 px, 4 epochs, batch 8"
+    )
+    assert protocol in note and ", adam, Keras on tensorflow; data split" in note
     assert "12 of 12 cells complete" in note
     assert results.headline() in note and "paired t-tests over seeds, Holm-corrected" in note
     for title in ("(Table 4)", "(Table 5)", "(Table 6)", "## Paired comparisons"):

@@ -133,6 +133,10 @@ def test_tables_and_sentence_match_numbers_recomputed_from_stock_optuna(
     assert groups[0.1]["summaries"]["val_loss"]["undefined"] == 1
     assert groups[0.1]["summaries"]["val_loss"]["diverged"] == 1
     assert "| 2 (1 of 3 diverged) |" in markdown.split("(Table 5)")[1].split("(Table 6)")[0]
+    # What was trained, before the tables: the paper's open choices among it.
+    protocol = markdown.split("**Result.**")[0]
+    assert "**Protocol:** inception_v3 (imagenet weights, fine-tuned), 224 px" in protocol
+    assert "Keras on tensorflow" in protocol and "**Grid:** learning_rate [0.1," in protocol
     # Every other summary counts every complete seed; what is left out is a diverged seed's.
     for group in summary["groups"]:
         for name, s in group["summaries"].items():
