@@ -37,12 +37,10 @@ def to_markdown(
     ``figures`` (PNG files beside the Markdown file) are linked, and ``notes`` say what the
     figures had to leave out.
     """
-    reduce = "last epoch" if results.reduce == "last" else "best epoch"
     lines = [
         f"# Study `{results.study}`: learning rates compared",
         "",
-        f"{results.complete} of {results.cells} cells complete. Values per seed are the "
-        f"{reduce}'s; SD is the sample SD (n - 1); 95% CI by Student's t over seeds.",
+        f"{results.complete} of {results.cells} cells complete. {how_to_read(results)}",
         "",
         *protocol_lines(results.spec),
         "",
@@ -62,6 +60,15 @@ def to_markdown(
         lines += ["", *(f"- {note}" for note in [*results.notes, *notes]), ""]
     lines += ["## Trials", "", *_trial_table(results)]
     return "\n".join(lines) + "\n"
+
+
+def how_to_read(results: StudyResults) -> str:
+    """What a table's numbers are: which epoch's, which SD, which interval."""
+    reduce = "last epoch" if results.reduce == "last" else "best epoch"
+    return (
+        f"Values per seed are the {reduce}'s; SD is the sample SD (n - 1); 95% CI by "
+        "Student's t over seeds."
+    )
 
 
 def markdown_tables(results: StudyResults) -> list[str]:
@@ -87,12 +94,12 @@ def markdown_tables(results: StudyResults) -> list[str]:
         if ranking is not None and metric != "val_accuracy":
             lines += ["", ranking.sentence]
         lines.append("")
-    if any(g.diverged for g in results.groups):
-        lines += [
-            "† diverged (a real outcome of that learning rate): its accuracy counts in every "
-            "mean; a loss it does not have is left out, and the n column says so.",
-            "",
-        ]
+        if metric == "val_accuracy" and any(g.diverged for g in results.groups):
+            lines += [  # under the first table that marks it
+                "† diverged (a real outcome of that learning rate): its accuracy counts in "
+                "every mean; a loss it does not have is left out, and the n column says so.",
+                "",
+            ]
     header = [*_group_header(results), *(_TEST_TITLES[name] for name in TEST_METRICS)]
     rows = [
         [

@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from storage import study_lock
 from study.results._collect import Group, StudyResults, collect, format_value
-from study.results._markdown import markdown_tables, paired_tables, protocol_lines
+from study.results._markdown import (
+    how_to_read,
+    markdown_tables,
+    paired_tables,
+    protocol_lines,
+)
 from study.results._stats import fewer_seeds_from, per_epoch
 
 if TYPE_CHECKING:
@@ -263,6 +268,8 @@ def study_note(results: StudyResults) -> str:
         _progress(results),
         "",
         *tables[:key_end],
+        how_to_read(results),
+        "",
         "## Reading this page",
         "",
         "- **Hyperparameter Importance** rates `seed` beside the learning rate. In a seeded grid "

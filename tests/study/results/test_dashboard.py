@@ -148,6 +148,10 @@ def test_the_note_has_protocol_tables_and_the_plain_sentence(finished) -> None:
         "**Protocol:** inception_v3 (imagenet weights, fine-tuned), 224 px, 4 epochs, batch 8"
     )
     assert protocol in note and ", adam, Keras on tensorflow; data split" in note
+    # The key table's marks and numbers are explained under it, before the rest of the page.
+    reading = note.index("## Reading this page")
+    assert note.index("0.0000†") < note.index("† diverged (a real outcome") < reading
+    assert note.index("Values per seed are the last epoch's; SD is the sample SD") < reading
     assert "12 of 12 cells complete" in note
     assert results.headline() in note and "paired t-tests over seeds, Holm-corrected" in note
     for title in ("(Table 4)", "(Table 5)", "(Table 6)", "## Paired comparisons"):
