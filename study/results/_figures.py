@@ -13,6 +13,7 @@ import numpy as np
 
 from study.results._calibration import brier_score, reliability_bins
 from study.results._stats import fewer_seeds_from, per_epoch
+from trainer._metrics import rank_keys
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -115,7 +116,6 @@ def _epoch_figure(
 
 def _roc_figure(results: StudyResults, path: Path) -> tuple[list[str], bool]:
     import matplotlib.pyplot as plt
-    from scipy.stats import rankdata
     from sklearn.metrics import roc_auc_score, roc_curve
 
     notes: list[str] = []
@@ -133,17 +133,21 @@ def _roc_figure(results: StudyResults, path: Path) -> tuple[list[str], bool]:
             if test is None:
                 continue  # the loader has said why
             where = f"trial {number} ({records[number]['cell']})"
-            if np.isnan(test.probabilities).any():
-                notes.append(f"{where}: predictions hold NaN (diverged); no ROC curve")
-                continue
             if len(set(test.labels.tolist())) < 2:
                 notes.append(f"{where}: the test labels hold one class only; no ROC curve")
                 continue
-            # Ranks of the scores: the same curve, and finite where a logit overflowed.
-            ranks = rankdata(test.scores)
+            # Ranks as Table 6's AUC ranks: the same curve, finite where a logit overflowed,
+            # and NaN (a diverged network) lowest, so a diverged seed draws its real curve.
+            ranks = rank_keys(test.scores)
             fpr, tpr, _ = roc_curve(test.labels, ranks)
             auc = roc_auc_score(test.labels, ranks)
-            axes.plot(fpr, tpr, label=f"seed {seed} (AUC {auc:.3f})")
+            diverged = ", diverged" if np.isnan(test.scores).any() else ""
+            axes.plot(
+                fpr,
+                tpr,
+                color=f"C{results.seeds.index(seed) % 10}",  # one colour per seed in every panel
+                label=f"seed {seed} (AUC {auc:.3f}{diverged})",
+            )
             drawn = True
         _roc_axes(axes, group.label)
     if drawn:
