@@ -399,6 +399,31 @@ def test_k8s_pods_run_as_non_root_and_nothing_is_exposed_outside_the_cluster() -
         assert doc["kind"] != "Ingress"
 
 
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return selector["matchLabels"].items() <= labels.items()
+
+
+def test_k8s_network_policies_close_the_dashboard_and_open_postgres_to_lrstudy_only() -> None:
+    """optuna-dashboard has no login and can delete the study: no pod may reach it."""
+    dashboard = _k8s("NetworkPolicy", "lrstudy-dashboard")["spec"]
+    dashboard_pod = _k8s("Deployment", "lrstudy-dashboard")["spec"]["template"]["metadata"]
+    assert _selects(dashboard["podSelector"], dashboard_pod["labels"])
+    assert dashboard["policyTypes"] == ["Ingress"] and not dashboard.get("ingress")
+    postgres = _k8s("NetworkPolicy", "lrstudy-postgres")["spec"]
+    postgres_pod = _k8s("StatefulSet", "postgres")["spec"]["template"]["metadata"]
+    assert _selects(postgres["podSelector"], postgres_pod["labels"])
+    (rule,) = postgres["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 5432}]
+    (source,) = rule["from"]
+    for kind, name in (
+        ("Job", "lrstudy-create"),
+        ("Job", "lrstudy-worker"),
+        ("Deployment", "lrstudy-dashboard"),
+    ):
+        labels = _k8s(kind, name)["spec"]["template"]["metadata"]["labels"]
+        assert _selects(source["podSelector"], labels), name
+
+
 @pytest.mark.parametrize("workload", ["lrstudy-create", "lrstudy-worker"])
 def test_k8s_jobs_use_the_study_and_storage_of_the_config(workload: str) -> None:
     config = _k8s("ConfigMap", "lrstudy")["data"]
