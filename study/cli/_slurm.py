@@ -71,7 +71,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         help="CPUs per task (default: the partition's); image decoding wants 2-4 per worker.",
     )
     slurm.add_argument("--partition", metavar="P", help="Partition (default: the cluster's).")
-    slurm.add_argument("--time", metavar="HH:MM:SS", help="Time limit per task, or D-HH:MM:SS.")
+    slurm.add_argument(
+        "--time",
+        metavar="TIME",
+        help="Time limit per task, as sbatch takes it (e.g. 12:00:00, 2-00).",
+    )
     slurm.add_argument("--account", metavar="A", help="Account to charge.")
     slurm.add_argument(
         "--signal-seconds",

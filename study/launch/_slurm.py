@@ -25,7 +25,9 @@ DEFAULT_SIGNAL_S = 120
 # Set in the launcher's environment only; the script's exit sweep finds leftovers by it.
 TAG_ENV = "LRSTUDY_SLURM_TAG"
 _SBATCH_TIMEOUT_S = 120
-_TIME = re.compile(r"^(?:(\d+)-)?(\d+):([0-5]\d):([0-5]\d)$")
+# Slurm's time formats: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
+_TIME = re.compile(r"^(?:(\d+)-(\d+)(?::(\d+))?(?::(\d+))?|(\d+)(?::(\d+))?(?::(\d+))?)$")
+_TIME_FORMATS = "MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
 _NAME = re.compile(r"^[A-Za-z0-9_.,+:=@/-]+$")  # partition, account: no spaces or quotes
 _JOB_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]")
 # Options the script itself must set for the study to work, given after -- they would win:
@@ -77,7 +79,7 @@ class SlurmPlan:
         per_gpu: Workers sharing each GPU (``launch --per-gpu``).
         cpus_per_task: ``--cpus-per-task``; None leaves the partition's default.
         partition: ``--partition``; None: the cluster's default partition.
-        time: ``--time`` as HH:MM:SS or D-HH:MM:SS; None: the partition's limit.
+        time: ``--time`` in one of Slurm's formats; None: the partition's limit.
         account: ``--account``; None: the user's default.
         signal_s: Seconds before the end at which the script gets SIGTERM (``--signal``).
         job_name: ``--job-name``; "" makes ``lrstudy-<study>``.
@@ -116,18 +118,31 @@ def _integer(value: object, flag: str, minimum: int, example: str) -> None:
 
 
 def time_seconds(value: str) -> int:
-    """Seconds of a ``--time`` value, HH:MM:SS or D-HH:MM:SS.
+    """Seconds of a ``--time`` value, in any of Slurm's formats (``_TIME_FORMATS``).
 
     Raises:
-        InputError: another format, or minutes, seconds or (with days) hours out of range.
+        InputError: another format, or minutes or seconds (after hours) of 60 or more, or hours
+            (after days) of 24 or more.
     """
     match = _TIME.match(value.strip())
-    if match is None or (match.group(1) is not None and int(match.group(2)) > 23):
+    days = hours = minutes = seconds = 0
+    valid = match is not None
+    if match is not None and match.group(1) is not None:  # D-HH[:MM[:SS]]
+        days, hours, minutes, seconds = (int(part or 0) for part in match.groups()[:4])
+        valid = hours < 24 and minutes < 60 and seconds < 60
+    elif match is not None:  # MM, MM:SS or HH:MM:SS
+        given = [int(part) for part in match.groups()[4:] if part is not None]
+        if len(given) == 3:
+            hours, minutes, seconds = given
+            valid = minutes < 60 and seconds < 60
+        else:
+            minutes, seconds = [*given, 0][:2]
+            valid = seconds < 60
+    if not valid:
         raise InputError(
-            f"--time must be HH:MM:SS or D-HH:MM:SS; got {value!r}. Example: --time 12:00:00 "
-            "or --time 2-00:00:00."
+            f"--time must be a Slurm time ({_TIME_FORMATS}); got {value!r}. Example: --time "
+            "12:00:00 or --time 2-00:00:00."
         )
-    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 

@@ -194,9 +194,10 @@ def test_sqlite_on_a_network_file_system_is_refused_by_each_command(
         ({"gpus_per_task": -1}, ["--gpus-per-task must be an integer >= 0"]),
         ({"per_gpu": 0}, ["--per-gpu must be an integer >= 1"]),
         ({"per_gpu": 2}, ["--per-gpu 2 needs GPUs", "--gpus-per-task G"]),
-        ({"time": "90"}, ["--time must be HH:MM:SS or D-HH:MM:SS; got '90'"]),
-        ({"time": "1-25:00:00"}, ["--time must be HH:MM:SS or D-HH:MM:SS"]),
+        ({"time": "2h"}, ["--time must be a Slurm time (MM, MM:SS, HH:MM:SS, D-HH,", "'2h'"]),
+        ({"time": "1-25:00:00"}, ["--time must be a Slurm time"]),
         ({"time": "00:61:00"}, ["--time must be"]),
+        ({"time": "1:60"}, ["--time must be"]),
         ({"time": "00:01:00"}, ["not longer than --signal-seconds 120"]),
         ({"signal_s": 0}, ["--signal-seconds must be an integer >= 1"]),
         ({"partition": "gpu a100"}, ["--partition must be a Slurm name"]),
@@ -227,8 +228,8 @@ def test_a_bad_flag_is_one_line_before_any_database_is_opened(
     code, out, err = lrstudy(argv, capsys)
     assert (code, out) == (2, "")
     assert err == (
-        "lrstudy: error: --time must be HH:MM:SS or D-HH:MM:SS; got '2h'. "
-        "Example: --time 12:00:00 or --time 2-00:00:00.\n"
+        "lrstudy: error: --time must be a Slurm time (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or "
+        "D-HH:MM:SS); got '2h'. Example: --time 12:00:00 or --time 2-00:00:00.\n"
     )
 
 
@@ -249,9 +250,14 @@ def test_sbatch_variables_of_the_scripts_own_options_are_left_out() -> None:
 
 
 def test_time_formats() -> None:
+    """Every format sbatch's --time takes (sbatch(1))."""
     assert time_seconds("00:02:01") == 121
     assert time_seconds("48:00:00") == 48 * 3600
     assert time_seconds("2-01:00:00") == 49 * 3600
+    assert time_seconds("90") == 90 * 60  # minutes
+    assert time_seconds("90:30") == 90 * 60 + 30  # minutes:seconds
+    assert time_seconds("2-01") == 49 * 3600  # days-hours
+    assert time_seconds("2-01:30") == 49 * 3600 + 30 * 60  # days-hours:minutes
 
 
 def test_dry_run_prints_the_script_without_the_url_and_submits_nothing(
