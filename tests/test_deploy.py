@@ -373,6 +373,15 @@ def test_worker_job_runs_one_gpu_per_pod_in_parallel() -> None:
     # launch, not a bare worker: its GPU slot stops where no GPU is visible, and it exits 143
     # when stopped mid-study, which the Job replaces (an exit 0 would count as done).
     assert worker["args"][0] == "launch" and _option(worker["args"], "--gpus") == "all"
+    # Bad input (exit 2) fails the Job rather than restart pods that hold GPUs; a disruption
+    # (drain, eviction) is no failure. Such a policy needs pods that are never restarted.
+    assert pod["restartPolicy"] == "Never"
+    fail, ignore = job["spec"]["podFailurePolicy"]["rules"]
+    assert fail == {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2]}}
+    assert ignore["action"] == "Ignore"
+    assert ignore["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+    (wait,) = pod["initContainers"]
+    assert "exit 2" in wait["command"][-1]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
     mounts = {m["mountPath"]: m for m in worker["volumeMounts"]}
     assert mounts[_set_value(create, "data.root")]["readOnly"] is True

@@ -137,7 +137,7 @@ def _lr_find(args: argparse.Namespace) -> int:
             "lr-find: the loss was still falling at --max %g, so the suggested rates may lie "
             "too low; run again with a higher --max, e.g. --max %g",
             result.max_lr,
-            result.max_lr * 100,
+            result.max_lr * 10,
         )
     # After the files: a curve without a suggestion is still worth a look.
     override = result.grid_override()

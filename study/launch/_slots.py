@@ -249,7 +249,7 @@ def _chosen_gpus(gpus: str, pool: list[str], inherited: str | None) -> list[str]
                 )
             picked.append(pool[int(gpu)])
         elif gpu.startswith(("GPU-", "MIG-")):
-            if inherited and gpu not in pool:
+            if inherited is not None and gpu not in pool:
                 raise InputError(f"--gpus names {gpu}, which is not ours; {where}.")
             picked.append(gpu)
         else:

@@ -162,6 +162,11 @@ def _validate(plan: SlurmPlan) -> None:
     _integer(plan.signal_s, "--signal-seconds", 1, f"Default: {DEFAULT_SIGNAL_S}.")
     if plan.signal_s > 65535:  # Slurm keeps it in 16 bits
         raise InputError(f"--signal-seconds must be at most 65535; got {plan.signal_s}.")
+    if plan.time is not None and time_seconds(plan.time) == 0:
+        raise InputError(
+            f"--time {plan.time} means no time limit to Slurm; leave --time out (the "
+            "partition's limit applies) or give a limit, e.g. --time 12:00:00."
+        )
     if plan.time is not None and time_seconds(plan.time) <= plan.signal_s:
         raise InputError(
             f"--time {plan.time} is not longer than --signal-seconds {plan.signal_s}, so tasks "
@@ -183,6 +188,12 @@ def _validate(plan: SlurmPlan) -> None:
     if not plan.command:
         raise InputError("the lrstudy command of the tasks is empty; use default_command().")
     _sbatch_lines(plan.sbatch_args)  # raises on options it cannot write
+    if plan.gpus_per_task and any(_long_name(arg) == "--gres" for arg in plan.sbatch_args):
+        raise InputError(
+            f"--gres (after --) would replace the script's --gres=gpu:{plan.gpus_per_task}; "
+            "ask for other generic resources in your own sbatch script, or pass "
+            "--gpus-per-task 0."
+        )
 
 
 def _sbatch_lines(args: Sequence[str]) -> list[str]:
@@ -203,20 +214,31 @@ def _sbatch_lines(args: Sequence[str]) -> list[str]:
                 f"sbatch options after -- must start with an option like --qos; got {arg!r}."
             )
     for group in groups:
-        option, _, value = group[0].partition("=")
-        option = _SHORT.get(option, option)
-        if option in _OWN_OPTIONS:
+        option = _long_name(group[0])
+        value = group[0].partition("=")[2] or (group[1] if len(group) > 1 else "")
+        if option in _OWN_OPTIONS and not (option == "--gres" and "gpu" not in value):
             what, instead = _OWN_OPTIONS[option]
             raise InputError(
-                f"{group[0]} (after --) would replace {what}, which the script sets; {instead}."
+                f"{group[0]} (after --) is one of the script's own options ({what}); {instead}."
             )
-        export = value if value else (group[1] if len(group) > 1 else "")
+        export = value
         if option == "--export" and not export.startswith("ALL"):
             raise InputError(
                 f"--export={export} (after --) would keep $LRSTUDY_STORAGE from the tasks; "
                 "leave --export out (the script asks for ALL) or use --export=ALL,..."
             )
     return ["#SBATCH " + " ".join(_quoted(arg) for arg in group) for group in groups]
+
+
+def _long_name(arg: str) -> str:
+    """The long name of the sbatch option ``arg`` starts with, as sbatch's getopt reads it:
+    ``-t12:00`` and ``-t`` are ``--time``, and ``--arr=0-9``, a prefix of one option only,
+    is ``--array``."""
+    if not arg.startswith("--"):
+        return _SHORT.get(arg[:2], arg[:2])
+    name = arg.partition("=")[0]
+    known = [option for option in (*_OWN_OPTIONS, "--export") if option.startswith(name)]
+    return known[0] if len(known) == 1 else name
 
 
 def _quoted(arg: str) -> str:
@@ -271,8 +293,7 @@ def sbatch_environment(
     options the script leaves out (``SBATCH_QOS``, say) still apply.
     """
     names = {option.partition("=")[0] for option in _options(plan)}
-    names |= {_SHORT.get(arg.partition("=")[0], arg.partition("=")[0])
-              for arg in plan.sbatch_args if arg.startswith("-")}  # fmt: skip
+    names |= {_long_name(arg) for arg in plan.sbatch_args if arg.startswith("-")}
     drop = {
         variable
         for name in names

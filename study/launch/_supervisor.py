@@ -112,7 +112,7 @@ def launch(
     same install, the same study), so they are stopped too (SIGTERM: their cells go back).
     SIGINT and SIGTERM sent to the launcher are passed
     on as SIGTERM, so each worker fails its running trial for a retry and exits; a second signal
-    kills the workers at once (a SIGTERM within 2 s of the first counts as the same one).
+    kills the workers at once (a SIGTERM within 2 s of a first SIGTERM counts as the same one).
 
     Args:
         slots: The workers to run (see ``plan_slots``).
@@ -130,7 +130,7 @@ def launch(
     stream = out if out is not None else sys.stderr
     lock = threading.Lock()
     signals: list[int] = []
-    first_signal_at: list[float] = []
+    first_signal_at = 0.0
     started = time.monotonic()
 
     def start(slot: Slot) -> tuple[subprocess.Popen[str], threading.Thread]:
@@ -153,12 +153,14 @@ def launch(
         return process, reader
 
     def on_signal(signum: int, frame: object) -> None:
+        nonlocal first_signal_at
         del frame
         now = time.monotonic()
         repeat = signum == signal.SIGTERM and signals == [signal.SIGTERM]
-        if repeat and now - first_signal_at[0] < _SAME_STOP_S:
+        if repeat and now - first_signal_at < _SAME_STOP_S:
             return
-        first_signal_at.append(now)
+        if not signals:
+            first_signal_at = now
         signals.append(signum)
         kill = signal.SIGTERM if len(signals) == 1 else signal.SIGKILL
         for item in running:

@@ -16,6 +16,7 @@ from study.results._collect import PAIRED_METRICS, Group, StudyResults, format_v
 from study.results._reviewer import DELONG, INTERVAL_METRICS, MCNEMAR
 from study.results._stats import PAIRED_T, PairedTest, Summary
 from trainer import TEST_METRICS
+from trainer._config import KEYS_ADDED_LATER
 
 _TEST_TITLES = {
     "accuracy": "accuracy",
@@ -306,7 +307,10 @@ def _trial_table(results: StudyResults) -> list[str]:
 
 
 # Where each table's values can lie, for the note on intervals that run past it.
-_RANGES = {"val_accuracy": (0.0, 1.0, "[0, 1]"), "val_loss": (0.0, math.inf, "0 or more")}
+_RANGES = {
+    "val_accuracy": (0.0, 1.0, "outside [0, 1], where accuracies lie"),
+    "val_loss": (0.0, math.inf, "below 0, where no loss lies"),
+}
 
 
 def _beyond_range(results: StudyResults, metric: str) -> list[str]:
@@ -322,8 +326,8 @@ def _beyond_range(results: StudyResults, metric: str) -> list[str]:
         return []
     return [
         "",
-        f"The 95% CI of {', '.join(beyond)} runs past {where}, where the values lie: a "
-        "Student-t interval over so few seeds can; it is printed as computed.",
+        f"The 95% CI of {', '.join(beyond)} runs {where}: a Student-t interval over so few "
+        "seeds can; it is printed as computed.",
     ]
 
 
@@ -331,7 +335,9 @@ def protocol_lines(spec: dict[str, Any] | None) -> list[str]:
     """What was trained, and how: the reading of the paper's open choices a reader needs."""
     if spec is None:
         return ["Protocol: not recorded (the study was not made from an lrstudy spec)."]
-    train, data, study = spec["train"], spec["data"], spec["study"]
+    # A study stored before some keys existed trained what their defaults say.
+    train = {**KEYS_ADDED_LATER["train"], **spec["train"]}
+    data, study = spec["data"], spec["study"]
     grid = "; ".join(f"{axis} {values}" for axis, values in spec["grid"].items())
     if train["weights"] == "none":
         start = "no pretrained weights, all layers trained"

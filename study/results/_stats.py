@@ -399,10 +399,10 @@ def _power(behind: Sequence[tuple[str, PairedTest]]) -> str:
         for _, test in behind
     )
     pairs = round(ALPHA / behind[0][1].details["seeds_needed_alpha"])
+    level = f"{ALPHA}/{pairs} (Holm's strictest step)" if pairs > 1 else f"{ALPHA}"
     meaning = (
-        f"seeds needed: for {POWER:.0%} power, {PAIRED_T} at alpha {ALPHA}/{pairs} (Holm's "
-        "strictest step), to detect the observed gap at the observed SD of the paired "
-        "differences"
+        f"seeds needed: for {POWER:.0%} power, {PAIRED_T} at alpha {level}, to detect the "
+        "observed gap at the observed SD of the paired differences"
     )
     if short:
         return f"n = {n} seeds is too small to rank these ({meaning})."

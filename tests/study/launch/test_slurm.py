@@ -208,6 +208,14 @@ def test_sqlite_on_a_network_file_system_is_refused_by_each_command(
         ({"sbatch_args": ("-o", "/tmp/x.log")}, ["task logs", "--artifacts DIR"]),
         ({"sbatch_args": ("--no-requeue",)}, ["requeue", "leave it out"]),
         ({"sbatch_args": ("-t", "720")}, ["the time limit", "pass --time"]),
+        ({"sbatch_args": ("-t12:00",)}, ["the time limit", "pass --time"]),  # attached value
+        ({"sbatch_args": ("--arr=0-9",)}, ["the task count"]),  # a prefix, as getopt reads it
+        ({"sbatch_args": ("--gres=gpu:1",)}, ["each task's GPUs", "--gpus-per-task G"]),
+        (
+            {"gpus_per_task": 1, "sbatch_args": ("--gres=lscratch:10",)},
+            ["would replace the script's --gres=gpu:1"],
+        ),
+        ({"time": "0"}, ["means no time limit to Slurm; leave --time out"]),
         ({"sbatch_args": ('--comment="x"',)}, ["holds a quote"]),
     ],
 )
@@ -247,6 +255,12 @@ def test_sbatch_variables_of_the_scripts_own_options_are_left_out() -> None:
     kept, dropped = sbatch_environment(plan, env)
     assert kept == {"SBATCH_QOS": "low", "SBATCH_ACCOUNT": "lab", "HOME": "/h"}
     assert dropped == sorted(set(env) - set(kept))
+    # A --qos of the user's own (after --, short or long) wins over the site's default too.
+    for given in (("--qos=high",), ("-qhigh",)):
+        plan = SlurmPlan(study="s", array=2, log_dir="/logs", sbatch_args=given)
+        assert "SBATCH_QOS" in sbatch_environment(plan, env)[1]
+    # Other generic resources pass on a CPU task.
+    SlurmPlan(study="s", array=2, log_dir="/logs", sbatch_args=("--gres=lscratch:10",))
 
 
 def test_time_formats() -> None:

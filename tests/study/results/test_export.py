@@ -122,10 +122,10 @@ def test_tables_and_sentence_match_numbers_recomputed_from_stock_optuna(
     beyond = [lr for lr, g in groups.items() if g["summaries"]["val_accuracy"]["ci95"][0] < 0]
     assert beyond == [0.1]
     assert (
-        "The 95% CI of learning rate 0.1 runs past [0, 1], where the values lie"
+        "The 95% CI of learning rate 0.1 runs outside [0, 1], where accuracies lie"
         in markdown.split("(Table 4)")[1].split("(Table 5)")[0]
     )
-    assert "runs past 0 or more" not in markdown
+    assert "where no loss lies" not in markdown
     # The diverged seed has no loss: two values, one left out, and the table says why.
     defined = [v for v in loss[0.1] if v is not None]
     assert len(defined) == 2
@@ -639,3 +639,15 @@ def test_predictions_rank_by_the_logit_column_and_fall_back_to_probabilities(
     without, problem = _read(None, None, str(old))
     assert problem is None and without is not None
     assert without.scores.tolist() == without.probabilities.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_protocol_stored_before_the_base_and_backend_keys_reads_their_defaults() -> None:
+    from study.results._markdown import protocol_lines
+    from study.spec import load_preset
+
+    spec = load_preset("paper").to_dict()
+    for key in ("freeze_base", "backend", "steps_per_execution"):
+        del spec["train"][key]  # as stored before those keys existed
+    line = protocol_lines(spec)[0]
+    assert line.startswith("**Protocol:** inception_v3 (imagenet weights, fine-tuned), 224 px")
+    assert "Keras on tensorflow" in line

@@ -142,6 +142,7 @@ def test_a_gap_that_is_not_significant_says_how_many_seeds_it_needs() -> None:
         f"p_holm = {test.p:.4f}, {needed} seeds needed)"
     ) in ranking.sentence
     assert "n = 3 seeds is too small to rank these" in ranking.sentence
+    assert "paired t at alpha 0.05, to detect" in ranking.sentence  # one pair: no 0.05/1
     assert "80% power, paired t at alpha 0.05" in ranking.sentence
     assert ranking.sentence.endswith("So the first place is not established on this evidence.")
 
