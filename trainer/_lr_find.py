@@ -84,11 +84,16 @@ class LrFindResult:
         return self.rows[-1].learning_rate if self.stopped_early else None
 
     @property
+    def _lowest(self) -> int | None:
+        """The index in ``curve`` of the lowest smoothed loss; None if the curve is empty."""
+        curve = self.curve
+        return min(range(len(curve)), key=lambda index: curve[index].smoothed_loss, default=None)
+
+    @property
     def min_loss_lr(self) -> float | None:
         """The rate of the lowest smoothed loss; None if the very first batch failed."""
-        if not self.curve:
-            return None
-        return min(self.curve, key=lambda row: row.smoothed_loss).learning_rate
+        lowest = self._lowest
+        return None if lowest is None else self.curve[lowest].learning_rate
 
     @property
     def warmup(self) -> int:
@@ -99,21 +104,18 @@ class LrFindResult:
     def still_falling(self) -> bool:
         """True when the test ran to ``max_lr`` with its lowest loss among the last points: the
         descent may go on past ``--max``, and the grid read from it would lie too low."""
-        curve = self.curve
-        if self.stopped_early or not curve:
+        lowest = self._lowest
+        if self.stopped_early or lowest is None:
             return False
-        lowest = min(range(len(curve)), key=lambda index: curve[index].smoothed_loss)
-        return lowest >= len(curve) - END_POINTS
+        return lowest >= len(self.curve) - END_POINTS
 
     @property
     def steepest_lr(self) -> float | None:
         """The rate where the smoothed loss falls fastest per decade of rate, after the first
         ``warmup`` points and up to the lowest loss (a fall back from a spike beyond it is no
         descent); None if that stretch is too short or never falls."""
-        curve, warmup = self.curve, self.warmup
-        if curve:
-            lowest = min(range(len(curve)), key=lambda index: curve[index].smoothed_loss)
-            curve = curve[: lowest + 1]
+        warmup, lowest = self.warmup, self._lowest
+        curve = () if lowest is None else self.curve[: lowest + 1]
         if len(curve) < warmup + 2:
             return None
         slopes = np.gradient(
