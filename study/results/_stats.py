@@ -199,36 +199,35 @@ def paired_over_seeds(
         metric: Name of the metric, e.g. ``"val_accuracy"``.
     """
     labels = list(per_seed)
-    tests = []
+    results = []
     for i, a in enumerate(labels):
         for b in labels[i + 1 :]:
             seeds = [seed for seed in per_seed[a] if seed in per_seed[b]]
-            result = paired_t_test(
-                [per_seed[a][seed] for seed in seeds], [per_seed[b][seed] for seed in seeds]
-            )
-            details = {"sd_difference": result.sd_difference}
-            tests.append(
-                PairedTest(
-                    metric=metric,
-                    a=a,
-                    b=b,
-                    seed=None,
-                    test=PAIRED_T,
-                    n=result.n,
-                    difference=result.mean_difference,
-                    statistic=result.statistic,
-                    p=result.p,
-                    details=details,
-                )
-            )
+            values = [per_seed[a][seed] for seed in seeds], [per_seed[b][seed] for seed in seeds]
+            results.append((a, b, paired_t_test(*values)))
     # Seeds needed at the level of Holm's strictest step, which a planned study must pass.
-    alpha = ALPHA / max(1, sum(test.p is not None for test in tests))
-    for test in tests:
-        needed = seeds_needed(test.difference, test.details["sd_difference"], alpha=alpha)
-        test.details.update(
-            seeds_needed=needed.seeds,
-            seeds_needed_beyond_cap=needed.beyond_cap,
-            seeds_needed_alpha=alpha,
+    alpha = ALPHA / max(1, sum(result.p is not None for _, _, result in results))
+    tests = []
+    for a, b, result in results:
+        needed = seeds_needed(result.mean_difference, result.sd_difference, alpha=alpha)
+        tests.append(
+            PairedTest(
+                metric=metric,
+                a=a,
+                b=b,
+                seed=None,
+                test=PAIRED_T,
+                n=result.n,
+                difference=result.mean_difference,
+                statistic=result.statistic,
+                p=result.p,
+                details={
+                    "sd_difference": result.sd_difference,
+                    "seeds_needed": needed.seeds,
+                    "seeds_needed_beyond_cap": needed.beyond_cap,
+                    "seeds_needed_alpha": alpha,
+                },
+            )
         )
     return holm_within(tests)
 
