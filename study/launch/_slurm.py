@@ -162,12 +162,13 @@ def _validate(plan: SlurmPlan) -> None:
     _integer(plan.signal_s, "--signal-seconds", 1, f"Default: {DEFAULT_SIGNAL_S}.")
     if plan.signal_s > 65535:  # Slurm keeps it in 16 bits
         raise InputError(f"--signal-seconds must be at most 65535; got {plan.signal_s}.")
-    if plan.time is not None and time_seconds(plan.time) == 0:
+    limit = None if plan.time is None else time_seconds(plan.time)
+    if limit == 0:
         raise InputError(
             f"--time {plan.time} means no time limit to Slurm; leave --time out (the "
             "partition's limit applies) or give a limit, e.g. --time 12:00:00."
         )
-    if plan.time is not None and time_seconds(plan.time) <= plan.signal_s:
+    if limit is not None and limit <= plan.signal_s:
         raise InputError(
             f"--time {plan.time} is not longer than --signal-seconds {plan.signal_s}, so tasks "
             "would be told to stop as they start; give more --time or fewer --signal-seconds."
@@ -221,10 +222,9 @@ def _sbatch_lines(args: Sequence[str]) -> list[str]:
             raise InputError(
                 f"{group[0]} (after --) is one of the script's own options ({what}); {instead}."
             )
-        export = value
-        if option == "--export" and not export.startswith("ALL"):
+        if option == "--export" and not value.startswith("ALL"):
             raise InputError(
-                f"--export={export} (after --) would keep $LRSTUDY_STORAGE from the tasks; "
+                f"--export={value} (after --) would keep $LRSTUDY_STORAGE from the tasks; "
                 "leave --export out (the script asks for ALL) or use --export=ALL,..."
             )
     return ["#SBATCH " + " ".join(_quoted(arg) for arg in group) for group in groups]
