@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
             "geometrically from --min to --max; print where the loss falls fastest, where it "
             "is lowest and where it diverges, and a grid of four rates as a --set option. "
             "Writes lr_find.csv and lr_find.png into --out. With --study, also shows the curve "
-            "on that study's dashboard page and adds both files to its artifacts."
+            "on that study's dashboard page and adds both files to its artifacts, numbered per "
+            "run (lr_find-1.csv, ...)."
         ),
     )
     parser.add_argument(
@@ -111,6 +112,8 @@ def _lr_find(args: argparse.Namespace) -> int:
     # Before the minutes of training: a wrong study name fails now.
     study = _target_study(spec, args.study) if args.study else None
     _use_backend(spec)
+    from optuna.artifacts import get_all_artifact_meta
+
     from study.results import attach_lr_find, lr_find_png
     from trainer import LR_FIND_FILE, find_learning_rate, write_lr_find_csv
 
@@ -127,10 +130,11 @@ def _lr_find(args: argparse.Namespace) -> int:
     print(_summary(result))
     print(f"wrote {files[0]} and {files[1]}")
     if study is not None:
-        attach_lr_find(study, result, files, artifacts=args.artifacts)
+        ids = attach_lr_find(study, result, files, artifacts=args.artifacts)
+        names = {meta.artifact_id: meta.filename for meta in get_all_artifact_meta(study)}
         print(
             f"attached to study {study.study_name!r}: the figure on its dashboard page, "
-            f"{LR_FIND_FILE} and {LR_FIND_PNG} among its artifacts"
+            f"{' and '.join(names[id_] for id_ in ids)} among its artifacts"
         )
     if result.still_falling:
         _logger.warning(

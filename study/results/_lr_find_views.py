@@ -5,12 +5,20 @@ optuna-dashboard keeps each Plotly figure in study system attributes keyed by th
 (``dashboard:plot_data:<id>:<chunk>``): the range test's figure and the comparison figure that
 ``refresh_views`` rewrites after every trial sit side by side, and neither write touches the
 other.
+
+Optuna's artifact records cannot be removed or renamed, and the dashboard lists them by file
+name: each attached run's files are numbered (``lr_find-1.csv``, ``lr_find-2.csv``, ...), so that
+the newest, which the figure shows, is the highest number.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from storage import study_lock
@@ -36,7 +44,7 @@ def attach_lr_find(
     """Show ``result`` on the study's page and upload ``files`` as study artifacts.
 
     The figure replaces the study's previous range-test figure; the files are added to those
-    of earlier runs, since Optuna's artifact records cannot be removed.
+    of earlier runs under this run's number, ``lr_find.csv`` as ``lr_find-N.csv``.
 
     Args:
         study: The study, made by lrstudy (its stored spec names its artifacts folder).
@@ -61,10 +69,37 @@ def attach_lr_find(
         )
     store = artifact_store(study_folder(root, study.study_name, study_uid(study)), named)
     figure = lr_find_plotly(result)
-    # As in refresh_views: two writers of one figure at once would interleave its chunks.
-    with study_lock(study._storage, study.study_name):
+    paths = [Path(path) for path in files]
+    # As in refresh_views: two writers of one figure at once would interleave its chunks. Under
+    # the lock, two runs attached at once also take different numbers.
+    with study_lock(study._storage, study.study_name), tempfile.TemporaryDirectory() as scratch:
         save_plotly_graph_object(study, figure, graph_object_id=LR_FIND_FIGURE_ID)
-    return [
-        upload_artifact(artifact_store=store, file_path=os.fspath(path), study_or_trial=study)
-        for path in files
+        number = _last_run(study, paths) + 1
+        ids = []
+        for path in paths:
+            numbered = Path(scratch) / f"{path.stem}-{number}{path.suffix}"
+            shutil.copyfile(path, numbered)  # Optuna names an artifact after its file
+            ids.append(
+                upload_artifact(
+                    artifact_store=store, file_path=os.fspath(numbered), study_or_trial=study
+                )
+            )
+    return ids
+
+
+def _last_run(study: optuna.Study, paths: list[Path]) -> int:
+    """The highest run number among the study's artifacts named like ``paths``; 0 if none."""
+    from optuna.artifacts import get_all_artifact_meta
+
+    patterns = [
+        re.compile(rf"{re.escape(path.stem)}-(\d+){re.escape(path.suffix)}") for path in paths
     ]
+    return max(
+        (
+            int(match[1])
+            for meta in get_all_artifact_meta(study)
+            for pattern in patterns
+            if (match := pattern.fullmatch(meta.filename))
+        ),
+        default=0,
+    )

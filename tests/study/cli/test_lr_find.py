@@ -155,14 +155,17 @@ def test_stock_optuna_lists_and_downloads_the_attached_files(
     setup: Setup, attached: subprocess.CompletedProcess[str]
 ) -> None:
     assert attached.returncode == 0, attached.stderr[-2000:]
-    assert f"attached to study {STUDY!r}" in attached.stdout
+    assert (
+        f"attached to study {STUDY!r}: the figure on its dashboard page, lr_find-1.csv and "
+        "lr_find-1.png among its artifacts"
+    ) in attached.stdout
     study = optuna.load_study(study_name=STUDY, storage=setup.url)
     metas = {meta.filename: meta for meta in get_all_artifact_meta(study)}
-    assert sorted(metas) == ["lr_find.csv", "lr_find.png"]
+    assert sorted(metas) == ["lr_find-1.csv", "lr_find-1.png"]
     store = dashboard_artifact_store(open_storage(setup.url))
     copy = setup.root / "downloaded.csv"
     download_artifact(
-        artifact_store=store, artifact_id=metas["lr_find.csv"].artifact_id, file_path=str(copy)
+        artifact_store=store, artifact_id=metas["lr_find-1.csv"].artifact_id, file_path=str(copy)
     )
     assert copy.read_bytes() == (setup.root / "attached" / "lr_find.csv").read_bytes()
 
@@ -203,7 +206,7 @@ def test_the_dashboard_serves_the_curve_beside_the_refreshed_comparison_figure(
     figure = figures[LR_FIND_FIGURE_ID]["layout"]
     assert figure["title"]["text"] == "Learning-rate range test"
     assert figure["annotations"][0]["text"].startswith("small_cnn, seed 0")
-    (png,) = [m for m in get_all_artifact_meta(study) if m.filename == "lr_find.png"]
+    (png,) = [m for m in get_all_artifact_meta(study) if m.filename == "lr_find-1.png"]
     with urllib.request.urlopen(f"{dashboard}/artifacts/{study._study_id}/{png.artifact_id}") as r:
         assert r.headers["Content-Type"] == "image/png"
         assert r.read() == (setup.root / "attached" / "lr_find.png").read_bytes()

@@ -128,24 +128,29 @@ def test_the_attached_curve_sits_beside_the_comparison_figure_through_refreshes(
     # Stock Optuna lists the files and downloads them from the store `lrstudy dashboard` serves.
     fresh = optuna.load_study(study_name=STUDY, storage=url)
     metas = {meta.filename: meta for meta in get_all_artifact_meta(fresh)}
-    assert sorted(metas) == ["lr_find.csv", "lr_find.png"]
-    assert [metas["lr_find.csv"].artifact_id, metas["lr_find.png"].artifact_id] == ids
-    assert metas["lr_find.png"].mimetype == "image/png"
+    assert sorted(metas) == ["lr_find-1.csv", "lr_find-1.png"]
+    assert [metas["lr_find-1.csv"].artifact_id, metas["lr_find-1.png"].artifact_id] == ids
+    assert metas["lr_find-1.png"].mimetype == "image/png"
+    assert metas["lr_find-1.csv"].mimetype == "text/csv"
     store = dashboard_artifact_store(study._storage)
-    for path in files:
+    for path, artifact_id in zip(files, ids, strict=True):
         copy = tmp_path / f"downloaded-{path.name}"
-        download_artifact(
-            artifact_store=store, artifact_id=metas[path.name].artifact_id, file_path=str(copy)
-        )
+        download_artifact(artifact_store=store, artifact_id=artifact_id, file_path=str(copy))
         assert copy.read_bytes() == path.read_bytes()
 
-    # Another run replaces the figure and adds its files.
+    # Another run replaces the figure and adds its files under the next number.
+    write_lr_find_csv(_result(np.linspace(0.7, 0.9, 30)), files[0])
     attach_lr_find(study, _result(np.linspace(0.7, 0.9, 30)), files)
     figures = get_plotly_graph_objects(study._storage.get_study_system_attrs(study._study_id))
     assert {FIGURE_ID, LR_FIND_FIGURE_ID} <= set(figures)
     (detail,) = json.loads(figures[LR_FIND_FIGURE_ID])["layout"]["annotations"]
     assert "stopped" not in detail["text"]
-    assert len(get_all_artifact_meta(fresh)) == 4
+    metas = {meta.filename: meta for meta in get_all_artifact_meta(fresh)}
+    assert sorted(metas) == ["lr_find-1.csv", "lr_find-1.png", "lr_find-2.csv", "lr_find-2.png"]
+    with store.open_reader(metas["lr_find-1.csv"].artifact_id) as reader:
+        first = reader.read()
+    with store.open_reader(metas["lr_find-2.csv"].artifact_id) as reader:
+        assert reader.read() == files[0].read_bytes() != first
 
 
 def test_a_study_without_a_spec_needs_its_artifacts_folder(tmp_path: Path) -> None:
