@@ -28,7 +28,16 @@ COPY study /src/study
 RUN pip install "/src[gpu,jax-cuda]"
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
-RUN useradd --uid 10001 --user-group --create-home --home-dir /home/lrstudy lrstudy \
+# tini is PID 1 (the ENTRYPOINT), as `docker run --init` would make it, for Kubernetes, which has
+# no such option: the kernel drops a signal that PID 1 has no handler for, so a bare `lrstudy
+# dashboard` would ignore the pod's SIGTERM until the SIGKILL at the end of the grace period.
+# tini passes signals on to lrstudy and reaps orphaned processes. Debian's package, unpinned:
+# the base image's tag fixes the release, whose security updates are wanted.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --uid 10001 --user-group --create-home --home-dir /home/lrstudy lrstudy \
     && mkdir -p /data /cache /artifacts /work \
     && chown lrstudy:lrstudy /cache /artifacts /work
 COPY --from=build /opt/lrstudy /opt/lrstudy
@@ -48,5 +57,5 @@ ENV PATH=/opt/lrstudy/bin:$PATH \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 WORKDIR /work
 USER 10001:10001
-ENTRYPOINT ["lrstudy"]
+ENTRYPOINT ["tini", "--", "lrstudy"]
 CMD ["--help"]

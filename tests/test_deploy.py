@@ -7,15 +7,24 @@ checks them against the Compose and Kubernetes schemas.
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import re
 import shlex
+import shutil
+import signal
+import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.waiting import serve_on_a_free_port
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -237,12 +246,70 @@ def _dockerfile_env() -> dict[str, str]:
     return env
 
 
+def _entrypoint() -> list[str]:
+    (entrypoint,) = [json.loads(args) for op, args in _final_stage() if op == "ENTRYPOINT"]
+    return entrypoint
+
+
 def test_image_runs_lrstudy_as_a_non_root_user() -> None:
     final = _final_stage()
-    assert ("ENTRYPOINT", '["lrstudy"]') in final
+    assert _entrypoint()[-1] == "lrstudy"
     users = [args for op, args in final if op == "USER"]
     assert users, "the final stage sets no USER, so it runs as root"
     assert users[-1].split(":")[0] not in {"0", "root"}
+
+
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5):
+            return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def test_the_entrypoint_as_pid_1_stops_the_dashboard_on_sigterm(tmp_path: Path) -> None:
+    """A container's ENTRYPOINT is PID 1 of its PID namespace, to which the kernel delivers no
+    signal it has no handler for: without an init, `lrstudy dashboard` ignores the SIGTERM of
+    `kubectl delete` until the SIGKILL 30 s later. Here the image's ENTRYPOINT, with this
+    machine's tini and lrstudy, is PID 1 of a new PID namespace and gets SIGTERM from outside it,
+    as from the container runtime."""
+    import optuna
+
+    tools = {
+        "tini": shutil.which("tini"),
+        "lrstudy": shutil.which("lrstudy", path=str(Path(sys.executable).parent)),
+        "unshare": shutil.which("unshare"),
+    }
+    missing = [name for name, path in tools.items() if path is None]
+    if missing or os.geteuid() != 0:
+        reason = f"needs root and {', '.join(tools)} (missing: {', '.join(missing) or 'root'})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; .ci/run installs tini")
+        pytest.skip(reason)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="pid1", storage=url)
+    entrypoint = [tools.get(word) or word for word in _entrypoint()]
+
+    def start(port: int) -> subprocess.Popen[str]:
+        command = [str(tools["unshare"]), "--pid", "--fork", "--kill-child", "--", *entrypoint]
+        command += ["dashboard", "--storage", url, "--port", str(port)]
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    server, _ = serve_on_a_free_port(start, _answers, what="the dashboard as PID 1 to answer")
+    try:
+        (pid_1,) = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        status = Path(f"/proc/{pid_1}/status").read_text().splitlines()
+        (namespace_pids,) = [line.split()[1:] for line in status if line.startswith("NSpid:")]
+        assert namespace_pids[-1] == "1"  # its PID in the new namespace
+        os.kill(int(pid_1), signal.SIGTERM)
+        try:
+            server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("PID 1 ignored SIGTERM: the image's ENTRYPOINT needs an init (tini)")
+        assert server.returncode == 128 + signal.SIGTERM  # tini's code for a child ended so
+    finally:
+        server.kill()
+        server.communicate()
 
 
 def test_image_installs_every_package_and_the_build_context_holds_them() -> None:
@@ -312,6 +379,18 @@ def test_kustomization_lists_every_manifest() -> None:
 
 def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
     return pod.get("initContainers", []) + pod["containers"]
+
+
+def test_k8s_lrstudy_containers_keep_tini_as_pid_1() -> None:
+    """A ``command`` replaces the image's ENTRYPOINT, tini with it (see the PID 1 test above)."""
+    commands = 0
+    for doc in _k8s_documents():
+        if doc["kind"] in {"StatefulSet", "Deployment", "Job"}:
+            for container in _containers(_pod_spec(doc)):
+                if container["image"] == "lrstudy" and "command" in container:
+                    assert container["command"][:2] == ["tini", "--"], container["name"]
+                    commands += 1
+    assert commands == 1  # the worker's wait-for-study; the others take `args` only
 
 
 def test_k8s_password_comes_only_from_the_secret() -> None:
