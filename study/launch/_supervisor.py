@@ -120,7 +120,8 @@ def launch(
         max_restarts: Restarts allowed per slot. Defaults to `3`.
         env: Base environment of the workers. Defaults to this process's.
         out: Where prefixed worker output goes. Defaults to `sys.stderr`.
-        on_tick: Called every ``tick_s`` seconds while workers run (progress lines).
+        on_tick: Called every ``tick_s`` seconds while workers run (progress lines); an
+            error it raises is logged and the workers go on.
         tick_s: Seconds between ``on_tick`` calls. Defaults to `15.0`.
         usage_watch: When to sample GPU use with ``nvidia-smi`` (only with GPU slots and
             ``nvidia-smi`` installed) and log ``underuse_advice``; None: never.
@@ -205,7 +206,7 @@ def launch(
                         stop_all()
                 if on_tick is not None and now >= next_tick:
                     next_tick = now + tick_s
-                    on_tick()
+                    _tick(on_tick)
                 time.sleep(_POLL_S)
     finally:
         _restore(previous)
@@ -220,6 +221,16 @@ def launch(
         advice=watcher.advice,
         refused=tuple(refused),
     )
+
+
+def _tick(on_tick: Callable[[], None]) -> None:
+    """Call ``on_tick``, logging instead of raising: progress is a view, and a database away
+    for a while (which the workers ride out themselves) must not stop the workers."""
+    try:
+        on_tick()
+    except Exception as error:  # any failure of a view: the workers matter more
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        _logger.warning("progress unavailable (%s); the workers go on", first)
 
 
 def _after_exit(item: _Running, code: int, stopping: bool, max_restarts: int, now: float) -> None:

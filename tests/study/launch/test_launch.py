@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from storage import open_storage
+from study.grid import create_grid_study
 from study.launch import (
     LAUNCHER_ENV,
     GpuSample,
@@ -26,6 +28,8 @@ from study.launch import (
     plan_slots,
     underuse_advice,
 )
+from study.results import progress_line
+from tests.postgres import PostgresServer
 from trainer import InputError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -355,6 +359,33 @@ def test_a_worker_with_bad_input_is_not_restarted(tmp_path: Path) -> None:
     summary = launch([Slot(1)], lambda slot: python(code), max_restarts=3, out=io.StringIO())
     assert runs.read_text() == "x"
     assert summary.outcomes[0].returncode == 2
+
+
+def test_progress_failing_while_the_database_is_away_stops_no_worker(
+    postgres_server: PostgresServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = open_storage(postgres_server.create_database())
+    study = create_grid_study(storage, "lr", {"learning_rate": [0.1], "seed": [0]})
+    done = tmp_path / "done"
+    code = f"""
+        import time
+        time.sleep(2)
+        open({str(done)!r}, "w").write("trained")
+    """
+    postgres_server.stop()
+    try:
+        summary = launch(
+            [Slot(1)],
+            lambda slot: python(code),
+            out=io.StringIO(),
+            on_tick=lambda: print(progress_line(study)),
+            tick_s=0.3,
+        )
+    finally:
+        postgres_server.start()
+    assert summary.clean and done.read_text() == "trained"
+    assert "progress unavailable (" in caplog.text and "the workers go on" in caplog.text
+    assert progress_line(study) == "0/1 complete, 0 running, 1 waiting, 0 failed"
 
 
 # A launcher in its own process, so that it owns its signal handlers as the CLI does.
