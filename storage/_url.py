@@ -12,11 +12,13 @@ _FORMS = "sqlite:///PATH.db or postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
 _POSTGRES_NAMES = ("postgresql", "postgres", "postgresql+psycopg")
 _SQLITE_NAMES = ("sqlite", "sqlite+pysqlite")
 
-# The password starts after "user:" and may hold "/", "?" or "#" (SQLAlchemy accepts them), so
-# everything up to the last "@" is masked: masking too much is safe, too little is a leak. A
-# password given as a query parameter ("?password=...", accepted by libpq) is masked as well.
-_USERINFO_PASSWORD = re.compile(r"(://[^:/?#@]*:).*(@)")
-_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
+# The password starts after the first ":" past the scheme ("scheme://user:", also when the
+# slashes are wrong or the scheme missing) and may hold "/", "?", "#" or "@" (SQLAlchemy accepts
+# them), so everything up to the last "@" is masked: masking too much is safe, too little is a
+# leak. A password given as a query parameter (libpq's "password=" and "sslpassword=") is
+# masked as well.
+_USERINFO_PASSWORD = re.compile(r"(?s)^(\s*(?:[\w+.-]*:/+|(?![\w+.-]*:/))[^:]*:).*(@)")
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]\w*password=)[^&#]*")
 
 
 @dataclass(frozen=True)

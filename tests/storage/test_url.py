@@ -26,6 +26,17 @@ from storage import StorageError, mask_url, open_storage
         ("postgresql://ana:pa/ss@db/lr", "postgresql://ana:***@db/lr"),
         ("postgresql://ana:pa?ss@db:5432/lr", "postgresql://ana:***@db:5432/lr"),
         ("postgresql://ana:pa#ss@db/lr", "postgresql://ana:***@db/lr"),
+        # A raw "@" in the user name, slashes gone wrong, no scheme, a line break, libpq's
+        # sslpassword: each once printed the password as it was.
+        ("postgresql://ana@lab:s3cret@db/lr", "postgresql://ana@lab:***@db/lr"),
+        ("postgresql:/ana:s3cret@db/lr", "postgresql:/ana:***@db/lr"),
+        ("ana:s3cret@db:5432/lr", "ana:***@db:5432/lr"),
+        ("postgresql://ana:s3\ncret@db/lr", "postgresql://ana:***@db/lr"),
+        (
+            "postgresql://ana@db/lr?sslpassword=s3cret&sslmode=require",
+            "postgresql://ana@db/lr?sslpassword=***&sslmode=require",
+        ),
+        ("postgresql://ana@db:5432/lr", "postgresql://ana@db:5432/lr"),
     ],
 )
 def test_mask_url_hides_passwords_and_keeps_the_rest(url: str, masked: str) -> None:
@@ -44,6 +55,8 @@ def test_mask_url_hides_passwords_and_keeps_the_rest(url: str, masked: str) -> N
         ("postgresql://ana:s3cret@[::1/lr", "malformed (check the host and the port)"),
         # The password ends at its first "@": the rest must not be quoted as a host.
         ("postgresql://ana:s3cret@tail@db:5432/lr", "holds '@' more than once; write an '@'"),
+        ("ana:s3cret@db:5432/lr", "is malformed"),
+        ("postgresql:/ana:s3cret@db/lr", "is malformed"),
     ],
 )
 def test_bad_urls_fail_with_one_masked_line(url: str, expected: str) -> None:
