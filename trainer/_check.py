@@ -45,6 +45,22 @@ class DataReport:
                 f"the {' and '.join(empty)} part(s) would hold no image with split "
                 f"{self.config.split!r}; use --split paper or --split ratios to pool the folders."
             )
+        one_class = [
+            f"{name} {class_name}"
+            for name in ("train", "val")
+            for class_name, count in zip(CLASS_NAMES, self.parts[name].images, strict=True)
+            if count == 0
+        ]
+        if one_class:
+            fix = (
+                "use --split paper or --split ratios to pool the folders"
+                if self.config.split == "kaggle"
+                else "add images of that class"
+            )
+            return (
+                f"the split {self.config.split!r} would leave no {' and no '.join(one_class)} "
+                f"image, so training or its validation sees one class; {fix}."
+            )
         return None
 
     @property

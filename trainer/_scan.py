@@ -72,7 +72,7 @@ def scan(root: str) -> ScanResult:
 
     Raises:
         InputError: ROOT is missing, holds no layout within ``SEARCH_DEPTH`` levels, holds two
-            copies at the same depth, lacks a class folder, or has no image.
+            copies at the same depth, lacks a class folder, or has no image of a class.
     """
     given = os.path.abspath(os.path.expanduser(root))
     if not os.path.isdir(given):
@@ -93,20 +93,31 @@ def scan(root: str) -> ScanResult:
     duplicates, inner_macos = _extra_copies(root)
     records: list[ImageRecord] = []
     ignored: list[str] = []
-    for part, folder in folders:
-        for label, class_name in enumerate(CLASS_NAMES):
+    for _, folder in folders:
+        for class_name in CLASS_NAMES:
             class_dir = os.path.join(folder, class_name)
             if not os.path.isdir(class_dir):
                 raise InputError(
                     f"class folder {os.path.relpath(class_dir, root)!r} is missing in DATA "
                     f"{root!r}; every part needs both NORMAL and PNEUMONIA folders."
                 )
-            _walk(root, class_dir, label, part, records, ignored, inner_macos)
+    walked = {_identity(os.path.join(f, name)) for _, f in folders for name in CLASS_NAMES}
+    for part, folder in folders:
+        for label, class_name in enumerate(CLASS_NAMES):
+            class_dir = os.path.join(folder, class_name)
+            _walk(root, class_dir, label, part, records, ignored, inner_macos, walked)
     if not records:
         raise InputError(
             f"DATA {root!r} holds no .jpeg/.jpg/.png image in its class folders; "
             "point DATA at a copy of the chest X-ray dataset."
         )
+    for label, class_name in enumerate(CLASS_NAMES):
+        if not any(record.label == label for record in records):
+            # A network shown one class learns nothing and its ROC AUC is undefined.
+            raise InputError(
+                f"DATA {root!r} holds no {class_name} image (its {class_name} folders are "
+                "empty); copy that class's images in, since a study needs both classes."
+            )
     records.sort(key=lambda record: record.path)
     ignored.sort()
     ignored_folders = sorted(
@@ -201,7 +212,12 @@ def _walk(
     records: list[ImageRecord],
     ignored: list[str],
     macos: list[str],
+    walked: set[tuple[int, int]],
 ) -> None:
+    """Add the images under FOLDER. ``walked`` holds the class folders and every folder
+    walked so far: a folder reached again (a link back up, or two links to one place) is
+    listed as ignored, so no image counts twice or under the other class, and a link loop
+    cannot recurse forever."""
     for entry in os.scandir(folder):
         relative = os.path.relpath(entry.path, root).replace(os.sep, "/")
         if entry.name.startswith("."):
@@ -209,8 +225,11 @@ def _walk(
         elif entry.is_dir():
             if entry.name == MACOS_FOLDER:
                 macos.append(entry.path)
+            elif (found := _identity(entry.path)) in walked:
+                ignored.append(relative)
             else:
-                _walk(root, entry.path, label, part, records, ignored, macos)
+                walked.add(found)
+                _walk(root, entry.path, label, part, records, ignored, macos, walked)
         else:
             stem, extension = os.path.splitext(entry.name)
             if extension.lower() not in IMAGE_EXTENSIONS or not entry.is_file():
@@ -227,6 +246,12 @@ def _walk(
                     mtime_ns=stat.st_mtime_ns,
                 )
             )
+
+
+def _identity(folder: str) -> tuple[int, int]:
+    """The folder itself, whatever links lead to it."""
+    found = os.stat(folder)
+    return found.st_dev, found.st_ino
 
 
 def _ignored(root: str, path: str, reason: str) -> IgnoredFolder:

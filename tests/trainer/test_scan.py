@@ -132,6 +132,23 @@ def test_folder_without_images_is_an_input_error(tmp_path) -> None:
         scan(str(tmp_path))
 
 
+def test_a_class_without_images_is_an_input_error(make_dataset) -> None:
+    written = make_dataset(layout="flat", parts={"all": (0, 6)})
+    with pytest.raises(InputError, match=r"holds no NORMAL image \(its NORMAL folders") as caught:
+        scan(str(written.root))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_folder_reached_twice_by_links_is_walked_once(make_dataset) -> None:
+    written = make_dataset()
+    normal = written.root / "train" / "NORMAL"
+    (normal / "up").symlink_to(normal.parent, target_is_directory=True)  # into PNEUMONIA too
+    (normal / "loop").symlink_to(normal, target_is_directory=True)
+    result = scan(str(written.root))
+    assert {record.path: record.label for record in result.records} == written.labels
+    assert {"train/NORMAL/loop", "train/NORMAL/up/PNEUMONIA"} <= set(result.ignored)
+
+
 @pytest.mark.parametrize("pointed_at", ["", "chest_xray"])
 def test_kaggle_download_is_found_and_its_copies_left_out(tmp_path, pointed_at) -> None:
     written = write_kaggle_download(tmp_path / "download", stray=True)

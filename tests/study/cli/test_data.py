@@ -103,6 +103,14 @@ def test_check_reports_an_absent_part_folder(make_dataset) -> None:
     assert pooled["parts"]["test"]["NORMAL"] > 0  # paper pools every folder
 
 
+def test_check_refuses_a_part_left_with_one_class(make_dataset) -> None:
+    written = make_dataset(parts={"train": (6, 6), "val": (0, 3), "test": (3, 3)})
+    error = _one_error_line(lrstudy("data", "check", str(written.root), "--split", "kaggle"))
+    assert "would leave no val NORMAL image" in error and "use --split paper" in error
+    pooled = lrstudy("data", "check", str(written.root))
+    assert pooled.returncode == 0, pooled.stderr
+
+
 def test_check_reports_the_kaggle_archive_copies_it_left_out(tmp_path) -> None:
     written = write_kaggle_download(tmp_path / "download", stray=True)
     images = len(written.labels)
