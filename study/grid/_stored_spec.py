@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import logging
 
 import optuna
 from optuna.storages import BaseStorage
@@ -13,6 +15,8 @@ from study.spec import StudySpec, protocol_differences, spec_from_mapping
 from study.spec._spec import SPEC_KEYS_ADDED_LATER
 from trainer import InputError
 from trainer._config import KEYS_ADDED_LATER
+
+_logger = logging.getLogger(__name__)
 
 
 def create_from_spec(storage: BaseStorage, spec: StudySpec) -> tuple[optuna.Study, bool]:
@@ -32,29 +36,50 @@ def create_from_spec(storage: BaseStorage, spec: StudySpec) -> tuple[optuna.Stud
     except InputError:
         existing = None
     if existing is None:
-        stored = spec.to_dict()
-        del stored["study"]["storage"]
+        written = spec.to_dict()
+        del written["study"]["storage"]
         study = create_grid_study(
             storage,
             name,
             {axis: list(values) for axis, values in spec.grid.items()},
             metric=spec.study.objective,
             max_retries=spec.worker.max_retries,
-            user_attrs={_attrs.SPEC: stored, _attrs.SPEC_FINGERPRINT: spec.fingerprint()},
+            user_attrs={_attrs.SPEC: written, _attrs.SPEC_FINGERPRINT: spec.fingerprint()},
         )
     else:
         study = existing
     # Also when we just created it: a concurrent creator with another spec may have won. A spec
     # stored before some keys existed has another fingerprint but, filled in, no difference.
+    stored = spec_from_study(study, spec.study.storage)
     if study.user_attrs.get(_attrs.SPEC_FINGERPRINT) != spec.fingerprint():
-        differences = protocol_differences(spec_from_study(study, spec.study.storage), spec)
+        differences = protocol_differences(stored, spec)
         if differences:
             raise InputError(
                 f"study {name!r} already exists with another protocol: "
                 f"{'; '.join(differences)}. "
                 "Fix: use the stored values, or a new name with --set study.name=NEW."
             )
+    _warn_of_kept_worker_settings(name, stored, spec)
     return study, existing is None
+
+
+def _warn_of_kept_worker_settings(name: str, stored: StudySpec, given: StudySpec) -> None:
+    """Say so when ``[worker]`` values given for an existing study are not used: every worker
+    reads them from the study, since workers with different heartbeats or graces would take
+    each other's live trials for dead."""
+    old, new = dataclasses.asdict(stored.worker), dataclasses.asdict(given.worker)
+    changed = [
+        f"worker.{key} (stored {old[key]}, given {new[key]})"
+        for key in old
+        if old[key] != new[key]
+    ]
+    if changed:
+        _logger.warning(
+            "study %r keeps the worker settings it was made with: %s; every worker reads "
+            "them from the study, so new values need a new study (--set study.name=NEW)",
+            name,
+            "; ".join(changed),
+        )
 
 
 def spec_from_study(study: optuna.Study, storage_url: str) -> StudySpec:

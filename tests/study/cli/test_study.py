@@ -213,6 +213,14 @@ def test_create_is_idempotent_and_refuses_another_protocol(tmp_path: Path, setup
     shutil.copytree(setup["data"], elsewhere)
     moved = lrstudy("create", *setup["flags"], "--data", str(elsewhere))
     assert moved.returncode == 0, moved.stderr
+    assert "keeps the worker settings" not in moved.stderr
+    # Worker settings are not the protocol either, but are the study's: said, not taken.
+    kept = lrstudy("create", *setup["flags"], "--set", "worker.max_retries=5")
+    assert kept.returncode == 0, kept.stderr
+    assert (
+        "study 'quick' keeps the worker settings it was made with: worker.max_retries "
+        "(stored 2, given 5)"
+    ) in kept.stderr
     refused = lrstudy(
         "create", *setup["flags"], "--set", "train.epochs=2", "--set", "grid.seed=[0]"
     )
