@@ -93,7 +93,9 @@ def scan(root: str) -> ScanResult:
     duplicates, inner_macos = _extra_copies(root)
     records: list[ImageRecord] = []
     ignored: list[str] = []
+    _check_case(root, root, PART_NAMES if layout == "kaggle" else CLASS_NAMES)
     for _, folder in folders:
+        _check_case(root, folder, CLASS_NAMES)
         for class_name in CLASS_NAMES:
             class_dir = os.path.join(folder, class_name)
             if not os.path.isdir(class_dir):
@@ -144,6 +146,25 @@ def _layout(folder: str) -> str | None:
     if any(os.path.isdir(os.path.join(folder, name)) for name in CLASS_NAMES):
         return "flat"
     return None
+
+
+def _check_case(root: str, folder: str, names: tuple[str, ...]) -> None:
+    """Refuse a folder named like one of NAMES but for its case (``Train``, ``normal``): on a
+    case-sensitive file system it would be left out without a word (beside ``train``, too).
+    Where the file system ignores case, it is that folder and is read."""
+    wanted = {name.lower(): name for name in names}
+    present = {os.path.basename(found) for found in _subfolders(folder)}
+    for name in sorted(present):
+        expected = wanted.get(name.lower())
+        if expected is None or name == expected:
+            continue
+        if expected in present or not os.path.isdir(os.path.join(folder, expected)):
+            found = os.path.join(folder, name)
+            raise InputError(
+                f"folder {os.path.relpath(found, root)!r} of DATA {root!r} is not read: the "
+                f"dataset's folder is named {expected!r} (case matters); rename it, or move its "
+                f"images into {expected!r}."
+            )
 
 
 def _subfolders(folder: str) -> list[str]:

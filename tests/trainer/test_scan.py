@@ -132,6 +132,24 @@ def test_folder_without_images_is_an_input_error(tmp_path) -> None:
         scan(str(tmp_path))
 
 
+@pytest.mark.parametrize(("folder", "renamed"), [("train", "Train"), ("val/NORMAL", "val/normal")])
+def test_a_folder_named_but_for_its_case_is_an_input_error(
+    make_dataset, folder: str, renamed: str
+) -> None:
+    written = make_dataset()
+    (written.root / folder).rename(written.root / renamed)
+    with pytest.raises(InputError, match=rf"folder '{renamed}' of DATA .* is not read") as caught:
+        scan(str(written.root))
+    assert f"named '{folder.split('/')[-1]}' (case matters)" in str(caught.value)
+
+
+def test_a_second_part_folder_differing_in_case_is_an_input_error(make_dataset) -> None:
+    written = make_dataset()
+    shutil.copytree(written.root / "test", written.root / "Test")
+    with pytest.raises(InputError, match=r"folder 'Test' of DATA .* is not read"):
+        scan(str(written.root))
+
+
 def test_a_class_without_images_is_an_input_error(make_dataset) -> None:
     written = make_dataset(layout="flat", parts={"all": (0, 6)})
     with pytest.raises(InputError, match=r"holds no NORMAL image \(its NORMAL folders") as caught:
