@@ -228,10 +228,11 @@ def _decode_chunk(
     images = np.load(npy, mmap_mode="r+")
     failures = []
     for offset, path in enumerate(paths):
+        full = os.path.join(root, path)
         try:
-            images[start + offset] = load_image(os.path.join(root, path), image_size)
+            images[start + offset] = load_image(full, image_size)
         except DECODE_ERRORS as error:
-            failures.append((start + offset, describe_error(error)))
+            failures.append((start + offset, describe_error(full, error)))
     # No flush: the rows sit in the shared page cache, which every process reads; syncing them
     # to disk per chunk would only slow the build (a crash before the index exists rebuilds).
     return failures

@@ -14,6 +14,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 import numpy as np
 from PIL import Image
 
+from trainer._errors import InputError
+
 _logger = logging.getLogger(__name__)
 
 # What PIL raises for a file it cannot read as an image (truncated, corrupt, not an image).
@@ -52,12 +54,23 @@ def decode_error(path: str) -> str | None:
                 image.draft("L", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
     except DECODE_ERRORS as error:
-        return describe_error(error)
+        return describe_error(path, error)
     return None
 
 
-def describe_error(error: BaseException) -> str:
-    """One line for a report: 'OSError: image file is truncated'."""
+def describe_error(path: str, error: BaseException) -> str:
+    """One line for a report: 'OSError: image file is truncated'.
+
+    Raises:
+        InputError: the file could not be read at all (an error of the file system, with an
+            errno: permissions, a failing disk or share, a file gone). Recorded as a bad image,
+            it would outlive its cause in the image cache.
+    """
+    if isinstance(error, OSError) and error.errno is not None:
+        raise InputError(
+            f"image {path!r} cannot be read ({error.strerror}); fix the file's permissions, "
+            "the disk or the share, then run again."
+        ) from error
     return f"{type(error).__name__}: {error}".splitlines()[0]
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from trainer import DataConfig, InputError, load_dataset, scan
 from trainer._cache import cache_files, cache_key, open_pool_cache
-from trainer._decode import decode_error, load_image
+from trainer._decode import decode_error, find_undecodable, load_image
 
 SIZE = 32
 
@@ -107,6 +107,22 @@ def test_undecodable_image_is_reported_refused_or_skipped(make_dataset, cache_di
     used = [path for part in (dataset.train, dataset.val, dataset.test) for path in part.paths]
     assert sorted(used) == sorted(written.labels)  # everything but the bad file
     assert not dataset.cache_built  # the refused call had built the cache already
+
+
+def test_an_unreadable_file_is_an_input_error_and_never_cached_as_bad(
+    make_dataset, cache_dir, tmp_path
+) -> None:
+    written = make_dataset()
+    scanned = scan(str(written.root))
+    gone = written.root / scanned.records[0].path
+    gone.rename(tmp_path / "away")  # after the scan: a share that lost it, a disk that failed
+    with pytest.raises(InputError, match=r"cannot be read \(No such file or directory\)"):
+        open_pool_cache(scanned.root, scanned.records, SIZE, cache_dir)
+    with pytest.raises(InputError, match="cannot be read"):
+        find_undecodable(scanned.root, [record.path for record in scanned.records])
+    (tmp_path / "away").rename(gone)
+    back = open_pool_cache(scanned.root, scanned.records, SIZE, cache_dir)
+    assert back.built and back.bad == {}
 
 
 def test_load_dataset_parts_are_aligned_views_of_one_cache(make_dataset, cache_dir) -> None:
