@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from storage._errors import StorageError
+from storage._errors import StorageError, StorageUnreachable
 from storage._filesystem import check_sqlite_local
 from storage._url import mask_url
 
@@ -32,6 +32,7 @@ _LAZY = {
 __all__ = [
     "LrstudyStorage",
     "StorageError",
+    "StorageUnreachable",
     "call_reconnecting",
     "check_sqlite_local",
     "is_connection_error",

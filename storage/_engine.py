@@ -24,7 +24,7 @@ import optuna
 import sqlalchemy
 from sqlalchemy import event
 
-from storage._errors import StorageError
+from storage._errors import StorageError, StorageUnreachable
 from storage._url import ParsedURL, mask_url, parse_url
 
 _SQLITE_BUSY_TIMEOUT_S = 120
@@ -187,6 +187,20 @@ _HINTS = (
 )
 
 
+# libpq's words for a server that did not answer, or not yet: the rest (a wrong password, a
+# missing database, a bad host name) is the user's to fix, and waiting cannot help.
+_UNREACHABLE = (
+    "connection refused",
+    "timeout expired",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "no route to host",
+    "network is unreachable",
+    "server closed the connection unexpectedly",
+)
+
+
 def _storage_error(parsed: ParsedURL, url: str, error: BaseException) -> StorageError:
     cause: BaseException = error
     while cause.__cause__ is not None:
@@ -196,4 +210,8 @@ def _storage_error(parsed: ParsedURL, url: str, error: BaseException) -> Storage
     if parsed.password:
         detail = detail.replace(parsed.password, "***")
     hint = next((h for key, h in _HINTS if key in detail.lower()), "check the storage URL")
-    return StorageError(f"cannot open storage {mask_url(url)!r}: {detail}; {hint}")
+    unreachable = parsed.dialect == "postgresql" and any(
+        key in detail.lower() for key in _UNREACHABLE
+    )
+    kind = StorageUnreachable if unreachable else StorageError
+    return kind(f"cannot open storage {mask_url(url)!r}: {detail}; {hint}")

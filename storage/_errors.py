@@ -8,3 +8,8 @@ class StorageError(RuntimeError):
 
     The message is one line with any password masked, and says what to check.
     """
+
+
+class StorageUnreachable(StorageError):
+    """The database server did not answer (refused, timed out, starting up or shutting down):
+    worth waiting for, unlike a wrong password or a missing database."""

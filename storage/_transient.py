@@ -16,7 +16,7 @@ from typing import TypeVar
 import optuna
 import sqlalchemy
 
-from storage._errors import StorageError
+from storage._errors import StorageError, StorageUnreachable
 
 _logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def is_connection_error(error: BaseException) -> bool:
     """True when ``error`` means the database could not be reached, not that a query was bad."""
     if isinstance(error, optuna.exceptions.StorageInternalError):
         error = error.__cause__ or error
-    return isinstance(error, _CONNECTION_ERRORS)
+    return isinstance(error, (*_CONNECTION_ERRORS, StorageUnreachable))
 
 
 def call_reconnecting(fn: Callable[[], T], *, what: str, outage_s: float = DEFAULT_OUTAGE_S) -> T:
@@ -51,7 +51,11 @@ def call_reconnecting(fn: Callable[[], T], *, what: str, outage_s: float = DEFAU
     while True:
         try:
             return fn()
-        except (optuna.exceptions.StorageInternalError, *_CONNECTION_ERRORS) as e:
+        except (
+            optuna.exceptions.StorageInternalError,
+            *_CONNECTION_ERRORS,
+            StorageUnreachable,
+        ) as e:
             if not is_connection_error(e):
                 raise
             if time.monotonic() > deadline:

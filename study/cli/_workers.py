@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+from functools import partial
 from typing import TYPE_CHECKING
 
 from storage import check_sqlite_local
@@ -142,7 +143,7 @@ def _worker(args: argparse.Namespace) -> int:
     url = storage_url(args.storage)
     check_sqlite_local(url)
     quiet_optuna()
-    from storage import open_storage
+    from storage import call_reconnecting, open_storage
     from study.grid import (
         CellObjective,
         RetryStaleCell,
@@ -155,7 +156,12 @@ def _worker(args: argparse.Namespace) -> int:
     for handler in logging.getLogger().handlers:  # each epoch line then names its trial
         handler.addFilter(TrialLogTag())
 
-    reader = open_storage(url, existing=True)
+    # A worker rides out a database that is away as it starts (a restart, a Slurm array
+    # starting before the server is up), as it does once running; a wrong password still
+    # stops it at once.
+    reader = call_reconnecting(
+        partial(open_storage, url, existing=True), what="opening the study's database"
+    )
     try:
         spec = spec_from_study(load_grid_study(reader, args.study), url)
     finally:
@@ -181,11 +187,15 @@ def _worker(args: argparse.Namespace) -> int:
         from trainer._devices import require_gpu
 
         require_gpu(os.environ[GPU_SLOT_ENV])  # before claiming a cell it would train on the CPU
-    storage = open_storage(
-        url,
-        heartbeat_s=spec.worker.heartbeat_s,
-        grace_s=spec.worker.grace_s,
-        stale_trial_callback=RetryStaleCell(),
+    storage = call_reconnecting(
+        partial(
+            open_storage,
+            url,
+            heartbeat_s=spec.worker.heartbeat_s,
+            grace_s=spec.worker.grace_s,
+            stale_trial_callback=RetryStaleCell(),
+        ),
+        what="opening the study's database",
     )
     worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     # Exit 0 also after SIGTERM or Ctrl-C: the trial went back to the queue, nothing is lost.

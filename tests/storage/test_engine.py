@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import pickle
 import sqlite3
+import threading
 from pathlib import Path
 
 import optuna
 import pytest
 import sqlalchemy
 
-from storage import LrstudyStorage, StorageError, call_reconnecting, open_storage
+from storage import (
+    LrstudyStorage,
+    StorageError,
+    StorageUnreachable,
+    call_reconnecting,
+    open_storage,
+)
 from tests.postgres import PostgresServer
 from tests.waiting import closed_port
 
@@ -48,6 +55,7 @@ def test_unreachable_server_is_one_masked_line() -> None:
         with pytest.raises(StorageError) as caught:
             open_storage(url)
     message = str(caught.value)
+    assert isinstance(caught.value, StorageUnreachable)  # worth waiting for, in a worker
     assert "s3cret-pw" not in message
     assert "ana:***@127.0.0.1" in message
     assert "check that the server runs" in message
@@ -58,14 +66,30 @@ def test_wrong_password_is_refused_and_masked(postgres_server: PostgresServer) -
     with pytest.raises(StorageError) as caught:
         open_storage(postgres_server.url(password="wrong-s3cret"))
     message = str(caught.value)
+    assert not isinstance(caught.value, StorageUnreachable)  # waiting cannot help
     assert "password authentication failed" in message
     assert "check the user name and password" in message
     assert "wrong-s3cret" not in message and postgres_server.password not in message
 
 
 def test_missing_database_says_to_create_it(postgres_server: PostgresServer) -> None:
-    with pytest.raises(StorageError, match=r"does not exist; .*createdb"):
+    with pytest.raises(StorageError, match=r"does not exist; .*createdb") as caught:
         open_storage(postgres_server.url("no_such_db"))
+    assert not isinstance(caught.value, StorageUnreachable)
+
+
+def test_opening_rides_out_a_server_that_is_down_until_it_is_back(
+    postgres_server: PostgresServer,
+) -> None:
+    url = postgres_server.create_database()
+    postgres_server.stop()
+    restart = threading.Timer(1.5, postgres_server.start)
+    restart.start()
+    try:
+        storage = call_reconnecting(lambda: open_storage(url), what="opening", outage_s=60)
+    finally:
+        restart.join()
+    assert storage.get_all_studies() == []
 
 
 def test_connections_survive_a_server_restart(postgres_server: PostgresServer) -> None:

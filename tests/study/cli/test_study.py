@@ -22,6 +22,7 @@ from study.grid._attrs import SPEC as SPEC_ATTR
 from study.grid._attrs import SPEC_FINGERPRINT as FINGERPRINT_ATTR
 from study.spec import load_preset, load_spec
 from study.spec._presets import PAPER_TOML
+from tests.postgres import PostgresServer
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -423,3 +424,33 @@ def test_an_interrupted_run_finishes_only_the_missing_cells_when_run_again(
     assert third.returncode == 0
     assert "every cell of study 'quick' is complete already" in third.stderr
     assert "[w1 cpu]" not in third.stderr
+
+
+def test_a_worker_started_while_the_database_is_down_waits_for_it(
+    postgres_server: PostgresServer, setup: dict
+) -> None:
+    url = postgres_server.create_database()
+    flags = [url if flag == setup["url"] else flag for flag in setup["flags"]]
+    created = lrstudy("create", *flags, "--set", "grid.seed=[0]")
+    assert created.returncode == 0, created.stderr
+    postgres_server.stop()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "study", "worker", "--storage", url, "--study", "quick"],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert worker.stderr is not None
+        for line in worker.stderr:  # a Slurm array task that started before the server
+            if "database unreachable while opening the study's database" in line:
+                break
+        postgres_server.start()
+        _, rest = worker.communicate(timeout=300)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == 0, rest[-3000:]
+    assert len(complete_trials(url)) == 4
+    assert postgres_server.password not in rest
