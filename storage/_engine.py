@@ -25,6 +25,7 @@ import sqlalchemy
 from sqlalchemy import event
 
 from storage._errors import StorageError, StorageUnreachable
+from storage._filesystem import sqlite_path
 from storage._url import ParsedURL, mask_url, parse_url
 
 _SQLITE_BUSY_TIMEOUT_S = 120
@@ -143,8 +144,8 @@ def open_storage(
 
 
 def _check_sqlite_exists(url: str) -> None:
-    database = sqlalchemy.engine.make_url(url.strip()).database or ""
-    if not Path(database).is_file():
+    database = sqlite_path(url)
+    if database is None or not Path(database).is_file():
         raise StorageError(
             f"storage URL {mask_url(url)!r} names no existing database file; check the path, "
             "or create the study first with `lrstudy create`"

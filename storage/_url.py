@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage._errors import StorageError
+from storage._filesystem import sqlite_path
 
 _FORMS = "sqlite:///PATH.db or postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
 _POSTGRES_NAMES = ("postgresql", "postgres", "postgresql+psycopg")
@@ -56,7 +57,7 @@ def parse_url(url: str) -> ParsedURL:
             f"expected {_FORMS}"
         ) from None
     if parsed.drivername in _SQLITE_NAMES:
-        return ParsedURL(_check_sqlite(text, parsed.database), "sqlite", None)
+        return ParsedURL(_check_sqlite(text), "sqlite", None)
     if parsed.drivername in _POSTGRES_NAMES:
         if "@" in (parsed.host or ""):
             # The password ends at its first "@": the rest of it would be the host, and quoted.
@@ -79,8 +80,9 @@ def parse_url(url: str) -> ParsedURL:
     )
 
 
-def _check_sqlite(text: str, database: str | None) -> str:
-    if not database or database == ":memory:" or database.startswith("file::memory:"):
+def _check_sqlite(text: str) -> str:
+    database = sqlite_path(text)
+    if database is None:
         raise StorageError(
             f"storage URL {text!r} names no database file, and workers cannot share an "
             "in-memory database; use sqlite:///PATH.db"

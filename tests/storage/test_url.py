@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pytest
 
 from storage import StorageError, mask_url, open_storage
@@ -66,6 +67,15 @@ def test_bad_urls_fail_with_one_masked_line(url: str, expected: str) -> None:
     assert expected in message
     assert "s3cret" not in message and "tail" not in message
     assert "\n" not in message
+
+
+def test_the_sqlite_uri_form_creates_then_reopens_its_file(tmp_path: Path) -> None:
+    url = f"sqlite:///file:{tmp_path / 'u.db'}?mode=rwc&uri=true"
+    optuna.create_study(storage=open_storage(url), study_name="s")
+    assert (tmp_path / "u.db").is_file()
+    assert [s.study_name for s in open_storage(url, existing=True).get_all_studies()] == ["s"]
+    with pytest.raises(StorageError, match="names no existing database file"):
+        open_storage(f"sqlite:///file:{tmp_path / 'other.db'}?uri=true", existing=True)
 
 
 def test_sqlite_in_a_missing_folder_names_the_folder(tmp_path: Path) -> None:
