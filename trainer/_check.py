@@ -88,8 +88,8 @@ class DataReport:
         line of ``leak``, None for a patient-disjoint split.
 
         ``ignored`` holds ``files`` (hidden or non-image files in the class folders) and
-        ``folders`` (each left out whole: ``path`` from the root, ``reason`` "duplicate" or
-        "macos", ``files`` under it)."""
+        ``folders`` (each left out whole: ``path`` from the root, ``reason`` "duplicate",
+        "macos" or "other", ``files`` under it)."""
         return {
             "root": self.root,
             "layout": self.layout,

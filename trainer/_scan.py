@@ -38,10 +38,12 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class IgnoredFolder:
-    """A folder left out whole, so that no image is counted twice or read from Mac metadata."""
+    """A folder left out whole, so that no image is counted twice, read from Mac metadata or
+    taken for a class it is not."""
 
     path: str  # relative to the data root, "/" separators ("../__MACOSX" when beside it)
-    reason: str  # "duplicate": another copy of the dataset layout; "macos": a __MACOSX folder
+    reason: str  # "duplicate": another copy of the layout; "macos": a __MACOSX folder; "other":
+    # a folder beside the class folders
     files: int  # files under it, none of them scanned
 
 
@@ -122,9 +124,11 @@ def scan(root: str) -> ScanResult:
             )
     records.sort(key=lambda record: record.path)
     ignored.sort()
+    others = _other_folders(folders, duplicates)
     ignored_folders = sorted(
         [_ignored(root, path, "duplicate") for path in duplicates]
-        + [_ignored(root, path, "macos") for path in macos + inner_macos],
+        + [_ignored(root, path, "macos") for path in macos + inner_macos]
+        + [_ignored(root, path, "other") for path in others],
         key=lambda folder: folder.path,
     )
     _logger.debug(
@@ -223,6 +227,18 @@ def _extra_copies(root: str) -> tuple[list[str], list[str]]:
                 below += _subfolders(folder)
         level = below
     return duplicates, macos
+
+
+def _other_folders(folders: list[tuple[str | None, str]], duplicates: list[str]) -> list[str]:
+    """Folders beside the class folders (``train/COVID19``), which hold no class the study
+    knows: left out, and said, since a third class's images would otherwise vanish unseen."""
+    return [
+        path
+        for _, folder in folders
+        for path in _subfolders(folder)
+        if os.path.basename(path) not in (*CLASS_NAMES, MACOS_FOLDER)
+        and not any(copy == path or copy.startswith(path + os.sep) for copy in duplicates)
+    ]
 
 
 def _walk(

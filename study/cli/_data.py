@@ -188,6 +188,7 @@ def _prepare(args: argparse.Namespace) -> int:
 _IGNORED_WHY = {
     "duplicate": "another copy of the dataset",
     "macos": "macOS archive metadata",
+    "other": "not a class folder (NORMAL, PNEUMONIA)",
 }
 
 

@@ -150,6 +150,17 @@ def test_a_second_part_folder_differing_in_case_is_an_input_error(make_dataset) 
         scan(str(written.root))
 
 
+def test_a_folder_beside_the_class_folders_is_left_out_and_said(make_dataset) -> None:
+    written = make_dataset()
+    third = written.root / "train" / "COVID19"
+    third.mkdir()
+    for name in ("a.jpeg", "b.jpeg"):
+        shutil.copy(written.root / sorted(written.labels)[0], third / name)
+    result = scan(str(written.root))
+    assert {record.path for record in result.records} == set(written.labels)
+    assert result.ignored_folders == (IgnoredFolder("train/COVID19", "other", 2),)
+
+
 def test_a_class_without_images_is_an_input_error(make_dataset) -> None:
     written = make_dataset(layout="flat", parts={"all": (0, 6)})
     with pytest.raises(InputError, match=r"holds no NORMAL image \(its NORMAL folders") as caught:
