@@ -19,6 +19,8 @@ import sqlalchemy
 from filelock import FileLock
 from optuna.storages import BaseStorage, RDBStorage
 
+from storage._filesystem import sqlite_path
+
 _U64 = 2**64 - 1
 _LOCAL_LOCKS: dict[str, threading.Lock] = {}
 _LOCAL_LOCKS_GUARD = threading.Lock()
@@ -46,7 +48,8 @@ def study_lock(storage: BaseStorage, study_name: str) -> Iterator[None]:
         with _advisory_lock(backend.engine, study_name):
             yield
         return
-    database = Path(url.database or "lrstudy.db")
+    # Through sqlite_path, the one parser: the URI form's "file:" is no part of the path.
+    database = Path(sqlite_path(f"sqlite:///{url.database or ''}") or "lrstudy.db")
     with FileLock(database.with_name(f".{database.name}.{_key(study_name) & _U64:016x}.lock")):
         yield
 

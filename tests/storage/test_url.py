@@ -7,7 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from storage import StorageError, mask_url, open_storage
+from storage import StorageError, mask_url, open_storage, study_lock
 
 
 @pytest.mark.parametrize(
@@ -73,7 +73,10 @@ def test_the_sqlite_uri_form_creates_then_reopens_its_file(tmp_path: Path) -> No
     url = f"sqlite:///file:{tmp_path / 'u.db'}?mode=rwc&uri=true"
     optuna.create_study(storage=open_storage(url), study_name="s")
     assert (tmp_path / "u.db").is_file()
-    assert [s.study_name for s in open_storage(url, existing=True).get_all_studies()] == ["s"]
+    reopened = open_storage(url, existing=True)
+    assert [s.study_name for s in reopened.get_all_studies()] == ["s"]
+    with study_lock(reopened, "s"):  # next to the file, for every worker whatever its folder
+        assert [p.name.startswith(".u.db.") for p in tmp_path.glob(".*.lock")] == [True]
     with pytest.raises(StorageError, match="names no existing database file"):
         open_storage(f"sqlite:///file:{tmp_path / 'other.db'}?uri=true", existing=True)
 
