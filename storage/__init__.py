@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from storage._engine import LrstudyStorage, open_storage
     from storage._lock import rdb_backend, study_lock
     from storage._rewrite import rewrite_study
-    from storage._transient import call_reconnecting, is_connection_error
+    from storage._transient import call_reconnecting, lost_connection
 
 _LAZY = {
     "LrstudyStorage": "storage._engine",
@@ -26,7 +26,7 @@ _LAZY = {
     "rdb_backend": "storage._lock",
     "rewrite_study": "storage._rewrite",
     "call_reconnecting": "storage._transient",
-    "is_connection_error": "storage._transient",
+    "lost_connection": "storage._transient",
 }
 
 __all__ = [
@@ -35,7 +35,7 @@ __all__ = [
     "StorageUnreachable",
     "call_reconnecting",
     "check_sqlite_local",
-    "is_connection_error",
+    "lost_connection",
     "mask_url",
     "open_storage",
     "rdb_backend",

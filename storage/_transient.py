@@ -16,7 +16,7 @@ from typing import TypeVar
 import optuna
 import sqlalchemy
 
-from storage._errors import StorageError, StorageUnreachable
+from storage._errors import StorageUnreachable
 
 _logger = logging.getLogger(__name__)
 
@@ -28,13 +28,26 @@ _CONNECTION_ERRORS = (
     sqlalchemy.exc.InterfaceError,
     sqlalchemy.exc.DisconnectionError,
 )
+_WRAPPERS = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.PendingRollbackError)
 
 
-def is_connection_error(error: BaseException) -> bool:
-    """True when ``error`` means the database could not be reached, not that a query was bad."""
-    if isinstance(error, optuna.exceptions.StorageInternalError):
-        error = error.__cause__ or error
-    return isinstance(error, (*_CONNECTION_ERRORS, StorageUnreachable))
+def lost_connection(error: BaseException) -> str | None:
+    """Why the database could not be reached, in one line, when that is what ``error`` means;
+    None when it means something else (a bad query, a bug), which no waiting mends.
+
+    The connection error may lie under wrappers: Optuna's ``StorageInternalError``, and the
+    ``PendingRollbackError`` that Optuna's second try of a read on the broken session raises.
+    """
+    seen: BaseException | None = error
+    while isinstance(seen, _WRAPPERS):
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(seen, StorageUnreachable):
+        return str(seen)
+    if not isinstance(seen, _CONNECTION_ERRORS):
+        return None
+    driver = getattr(seen, "orig", None) or seen  # the DBAPI driver's own error, unwrapped
+    lines = str(driver).strip().splitlines()
+    return f"{type(driver).__name__}: {lines[0]}" if lines else type(driver).__name__
 
 
 def call_reconnecting(fn: Callable[[], T], *, what: str, outage_s: float = DEFAULT_OUTAGE_S) -> T:
@@ -44,7 +57,7 @@ def call_reconnecting(fn: Callable[[], T], *, what: str, outage_s: float = DEFAU
     not have happened.
 
     Raises:
-        StorageError: the database stayed unreachable for ``outage_s`` seconds.
+        StorageUnreachable: the database stayed unreachable for ``outage_s`` seconds.
     """
     deadline = time.monotonic() + outage_s
     delay = 0.2
@@ -56,10 +69,10 @@ def call_reconnecting(fn: Callable[[], T], *, what: str, outage_s: float = DEFAU
             *_CONNECTION_ERRORS,
             StorageUnreachable,
         ) as e:
-            if not is_connection_error(e):
+            if lost_connection(e) is None:
                 raise
             if time.monotonic() > deadline:
-                raise StorageError(
+                raise StorageUnreachable(
                     f"the database stayed unreachable for {outage_s:.0f} s while {what}; "
                     "check that the server runs and the network reaches it"
                 ) from e

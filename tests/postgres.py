@@ -9,19 +9,20 @@ Without server binaries the PostgreSQL tests skip, except under ``CI=true``, whe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.waiting import free_port
+from tests.waiting import free_port, wait_for
 
 _SEARCH = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/*/bin", "/usr/local/pgsql/bin")
 _USER = "postgres"
@@ -167,6 +168,37 @@ class PostgresServer:
             log = self.folder / "server.log"
             tail = log.read_text()[-2000:] if log.exists() else ""
             raise RuntimeError(f"{program} failed: {result.stderr.strip()}\n{tail}")
+
+
+@contextlib.contextmanager
+def cut_on_lock(url: str, table: str) -> Iterator[Callable[[], None]]:
+    """Hold ``table`` locked, and yield ``cut``: it waits until a query stops on the lock, ends
+    that query's connection as a failover would, and releases the lock.
+
+    So the connection is lost in the middle of a command every time, with no race on when.
+    """
+    with psycopg.connect(url) as locker, psycopg.connect(url, autocommit=True) as watcher:
+        locker.execute(f'LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')
+        waiting: list[int] = []
+
+        def a_query_waits() -> bool:
+            # From another connection: pg_stat_activity is read once per transaction.
+            waiting[:] = [
+                row[0]
+                for row in watcher.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE %s",
+                    (f"%{table}%",),
+                )
+            ]
+            return bool(waiting)
+
+        def cut() -> None:
+            wait_for(a_query_waits, timeout_s=60, what=f"a query to wait on the {table} lock")
+            watcher.execute("SELECT pg_terminate_backend(%s)", (waiting[0],))
+            locker.rollback()
+
+        yield cut
 
 
 @pytest.fixture(scope="session")

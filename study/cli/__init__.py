@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from storage import StorageError
+from storage import StorageError, StorageUnreachable
 from study import _exit
 from study.cli._common import common_options
 from trainer import InputError
@@ -67,16 +67,28 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one sub-command; user errors end in one line on stderr and exit code 2."""
+    """Run one sub-command; errors end in one line on stderr: exit code 2 for what the user
+    must fix, 75 for a study database that did not answer (running again later can help)."""
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     try:
         return int(args.handler(args) or 0)
+    except StorageUnreachable as error:
+        if args.debug:
+            raise
+        print(f"lrstudy: error: {error}", file=sys.stderr)
+        return _exit.UNAVAILABLE
     except (InputError, StorageError) as error:
         if args.debug:
             raise
         print(f"lrstudy: error: {error}", file=sys.stderr)
         return _exit.USAGE
+    except Exception as error:
+        line = None if args.debug else _connection_lost(error)
+        if line is None:
+            raise
+        print(f"lrstudy: error: {line}", file=sys.stderr)
+        return _exit.UNAVAILABLE
     except KeyboardInterrupt:
         print("lrstudy: interrupted", file=sys.stderr)
         return 130
@@ -84,6 +96,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader left (`lrstudy status | head`): stop quietly, as a killed pipe writer does.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+
+
+def _connection_lost(error: Exception) -> str | None:
+    """One line for a database connection lost in the middle of a command, else None.
+
+    Opening the storage already words an unreachable server; this covers a server that goes
+    away later (a restart, a failover), where Optuna and SQLAlchemy raise their own errors.
+    """
+    from storage import lost_connection
+
+    reason = lost_connection(error)
+    if reason is None:
+        return None
+    return (
+        f"lost the connection to the study database ({reason}); what was stored stays "
+        "stored: run the same command again once the server answers"
+    )
 
 
 if __name__ == "__main__":

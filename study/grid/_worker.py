@@ -26,7 +26,7 @@ import optuna
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
-from storage import call_reconnecting, is_connection_error, rdb_backend
+from storage import StorageError, call_reconnecting, lost_connection, rdb_backend
 from study.grid import _attrs
 from study.grid._attrs import INTERRUPTED, retry_budget
 from study.grid._grid import cell_params, grid_of, load_grid_study
@@ -320,11 +320,11 @@ def _check_value(value: object) -> float:
 
 
 def _one_line(error: BaseException) -> str:
-    if is_connection_error(error) and error.__cause__ is not None:
+    if isinstance(error, StorageError):  # ours: one line already, saying what was going on
+        line = str(error)
+    elif (lost := lost_connection(error)) is not None:
         # Optuna words every failed commit as "invalid data"; a lost server is no such thing.
-        cause = error.__cause__
-        text = " ".join(str(cause).split()) or type(cause).__name__
-        line = f"database connection lost: {type(cause).__name__}: {text}"
+        line = f"database connection lost: {lost}"
     else:
         text = " ".join(str(error).split()) or "(no message)"
         line = f"{type(error).__name__}: {text}"

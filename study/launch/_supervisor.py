@@ -267,6 +267,8 @@ def _describe(code: int) -> str:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:
             return f"killed by signal {-code}"
+    if code == _exit.UNAVAILABLE:
+        return f"exit code {code}: the study database did not answer"
     return f"exit code {code}"
 
 

@@ -18,7 +18,7 @@ from storage import (
     call_reconnecting,
     open_storage,
 )
-from tests.postgres import PostgresServer
+from tests.postgres import PostgresServer, cut_on_lock
 from tests.waiting import closed_port
 
 
@@ -102,3 +102,29 @@ def test_connections_survive_a_server_restart(postgres_server: PostgresServer) -
     # pool_pre_ping replaces the connections the restart broke; no retry loop is needed.
     assert [s.study_name for s in storage.get_all_studies()] == ["s"]
     assert call_reconnecting(lambda: len(storage.get_all_studies()), what="test") == 1
+
+
+def test_a_read_cut_mid_query_is_retried_until_it_succeeds(postgres_storage_url: str) -> None:
+    storage = open_storage(postgres_storage_url)
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.add_trial(optuna.trial.create_trial(value=1.5))
+    read: list[list[optuna.trial.FrozenTrial]] = []
+    with cut_on_lock(postgres_storage_url, "trials") as cut:
+        reader = threading.Thread(
+            target=lambda: read.append(
+                call_reconnecting(lambda: study.get_trials(), what="reading", outage_s=30)
+            )
+        )
+        reader.start()
+        # Optuna's read tries a second query on the broken session; the PendingRollbackError
+        # that this raises is a lost connection too, so the worker waits instead of dying.
+        cut()
+        reader.join(60)
+    assert [[t.value for t in trials] for trials in read] == [[1.5]]
+
+
+def test_waiting_gives_up_on_a_server_that_stays_down_as_unreachable() -> None:
+    with closed_port() as port:
+        url = f"postgresql://ana:s3cret-pw@127.0.0.1:{port}/lr?connect_timeout=3"
+        with pytest.raises(StorageUnreachable, match=r"stayed unreachable for 1 s while opening"):
+            call_reconnecting(lambda: open_storage(url), what="opening", outage_s=1)

@@ -17,13 +17,14 @@ from pathlib import Path
 import optuna
 import pytest
 
+from study import _exit
 from study.grid import cell_states, load_grid_study, run_worker, study_uid
 from study.grid._attrs import SPEC as SPEC_ATTR
 from study.grid._attrs import SPEC_FINGERPRINT as FINGERPRINT_ATTR
 from study.spec import load_preset, load_spec
 from study.spec._presets import PAPER_TOML
-from tests.postgres import PostgresServer
-from tests.waiting import wait_for
+from tests.postgres import PostgresServer, cut_on_lock
+from tests.waiting import closed_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 # The paper's 4 x 3 grid, made small enough for a CPU test.
@@ -454,3 +455,44 @@ def test_a_worker_started_while_the_database_is_down_waits_for_it(
     assert worker.returncode == 0, rest[-3000:]
     assert len(complete_trials(url)) == 4
     assert postgres_server.password not in rest
+
+
+def test_a_command_whose_database_is_down_exits_75_in_one_line() -> None:
+    with closed_port() as port:
+        url = f"postgresql://ana:s3cret-pw@127.0.0.1:{port}/lr?connect_timeout=3"
+        status = lrstudy("status", "--storage", url, "--study", "quick")
+    assert status.returncode == _exit.UNAVAILABLE  # not 2: running it again later can help
+    assert status.stderr.startswith("lrstudy: error: ") and status.stderr.count("\n") == 1
+    assert "check that the server runs" in status.stderr and "s3cret-pw" not in status.stderr
+
+
+def test_a_command_that_loses_the_database_midway_exits_75_in_one_line(
+    postgres_server: PostgresServer, setup: dict
+) -> None:
+    url = postgres_server.create_database()
+    flags = [url if flag == setup["url"] else flag for flag in setup["flags"]]
+    assert lrstudy("create", *flags, "--set", "grid.seed=[0]").returncode == 0
+    with cut_on_lock(url, "trials") as cut:  # `status` stops on its first read of the trials
+        status = subprocess.Popen(
+            [sys.executable, "-m", "study", "status", "--storage", url, "--study", "quick"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        try:
+            cut()
+            _, err = status.communicate(timeout=60)
+        finally:
+            if status.poll() is None:
+                status.kill()
+                status.wait()
+    assert status.returncode == _exit.UNAVAILABLE, err[-3000:]
+    # Optuna may log a warning first (its read falls back to a second query); then our line.
+    assert "Traceback" not in err, err[-3000:]
+    last = err.splitlines()[-1]
+    assert last.startswith("lrstudy: error: lost the connection to the study database ("), err
+    assert "AdminShutdown: terminating connection due to administrator command" in last
+    assert "run the same command again" in last and postgres_server.password not in err
+    again = lrstudy("status", "--storage", url, "--study", "quick")
+    assert again.returncode == 0 and "waiting" in again.stdout  # nothing was lost

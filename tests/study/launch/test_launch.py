@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from storage import open_storage
+from study import _exit
 from study.grid import create_grid_study
 from study.launch import (
     LAUNCHER_ENV,
@@ -359,6 +361,21 @@ def test_a_worker_with_bad_input_is_not_restarted(tmp_path: Path) -> None:
     summary = launch([Slot(1)], lambda slot: python(code), max_restarts=3, out=io.StringIO())
     assert runs.read_text() == "x"
     assert summary.outcomes[0].returncode == 2
+
+
+def test_a_worker_that_found_no_database_is_restarted_saying_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    runs = tmp_path / "runs"
+    code = f"""
+        open({str(runs)!r}, "a").write("x")
+        raise SystemExit({_exit.UNAVAILABLE})
+    """
+    with caplog.at_level(logging.WARNING):
+        summary = launch([Slot(1)], lambda slot: python(code), max_restarts=1, out=io.StringIO())
+    assert runs.read_text() == "xx"  # unlike bad input: the server may be back by now
+    assert summary.outcomes[0].returncode == _exit.UNAVAILABLE
+    assert "exit code 75: the study database did not answer" in caplog.text
 
 
 def test_progress_failing_while_the_database_is_away_stops_no_worker(
