@@ -73,22 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose)
     try:
         return int(args.handler(args) or 0)
-    except StorageUnreachable as error:
-        if args.debug:
-            raise
-        print(f"lrstudy: error: {error}", file=sys.stderr)
-        return _exit.UNAVAILABLE
     except (InputError, StorageError) as error:
         if args.debug:
             raise
         print(f"lrstudy: error: {error}", file=sys.stderr)
-        return _exit.USAGE
-    except Exception as error:
-        line = None if args.debug else _connection_lost(error)
-        if line is None:
-            raise
-        print(f"lrstudy: error: {line}", file=sys.stderr)
-        return _exit.UNAVAILABLE
+        return _exit.UNAVAILABLE if isinstance(error, StorageUnreachable) else _exit.USAGE
     except KeyboardInterrupt:
         print("lrstudy: interrupted", file=sys.stderr)
         return 130
@@ -96,6 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader left (`lrstudy status | head`): stop quietly, as a killed pipe writer does.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except Exception as error:  # last: a re-raise here skips the clauses after it
+        line = None if args.debug else _connection_lost(error)
+        if line is None:
+            raise
+        print(f"lrstudy: error: {line}", file=sys.stderr)
+        return _exit.UNAVAILABLE
 
 
 def _connection_lost(error: Exception) -> str | None:
